@@ -1,0 +1,185 @@
+"""`facerec` command line: argument wiring only; the work happens in pipeline / inference / report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a face-embedding model",
+                       description="Train on an HW2P2 dataset (either layout) or any folder of identity folders.")
+    p.add_argument("--data", help="dataset folder (sets data.root)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, config.yaml")
+    p.add_argument("--config", help="YAML recipe file, or the name of a shipped recipe (facerec list recipes)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt (overrides still apply)")
+    p.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint instead of RUN/last.pt")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", aliases=["eval"], help="accuracy and verification metrics of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", help="dataset folder: its val split and val pair file are evaluated")
+    p.add_argument("--pairs", help="a labelled pair file `a b label`")
+    p.add_argument("--root", help="folder the pair file's paths are relative to")
+    p.add_argument("--scoring", choices=["cosine", "euclidean"], help="override the loss's own scoring")
+    p.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="auto")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="write both Kaggle submission files")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--device", default="auto")
+
+
+def _add_misc(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write the one-page write-up of a run (Markdown + PNG plots)")
+    p.add_argument("run_dir")
+    p = sub.add_parser("verify", help="score two face images; same/different at the model's threshold")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("image_a")
+    p.add_argument("image_b")
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("list", help="list registered losses, backbones or shipped recipes")
+    p.add_argument("what", choices=["losses", "backbones", "recipes"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facerec", description="Face classification and verification toolkit.")
+    from facerec import __version__
+
+    parser.add_argument("--version", action="version", version=f"facerec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_predict(sub)
+    _add_misc(sub)
+    return parser
+
+
+def _device(name: str) -> str:
+    from facerec.pipeline import resolve_device
+
+    return str(resolve_device(name))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from facerec.config import load_config, recipe_path
+    from facerec.pipeline import resume_config, train
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.insert(0, f"data.root={args.data}")
+    resume = args.resume_from or args.resume
+    if resume:
+        cfg = resume_config(args.out, resume, overrides)
+    else:
+        cfg = load_config(recipe_path(args.config) if args.config else None, overrides)
+    train(cfg, args.out, resume=resume)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from facerec.api import FaceModel
+    from facerec.inference import evaluate_dataset, evaluate_pair_file
+
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    fm = FaceModel.load(args.checkpoint, device=_device(args.device))
+    flip = not args.no_flip
+    if args.pairs:
+        root = args.root or str(Path(args.pairs).parent)
+        result = evaluate_pair_file(fm, args.pairs, root, None, args.scoring, flip)
+    elif args.data:
+        result = evaluate_dataset(fm, args.data, args.scoring, flip, log)
+    else:
+        print("facerec evaluate: give --data DIR, or --pairs FILE [--root DIR]", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>16}: {value:.4f}" if isinstance(value, float) else f"{key:>16}: {value}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from facerec.api import FaceModel
+    from facerec.inference import write_submissions
+
+    fm = FaceModel.load(args.checkpoint, device=_device(args.device))
+    write_submissions(fm, args.data, args.out, flip=not args.no_flip)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from facerec.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from facerec.api import FaceModel
+
+    fm = FaceModel.load(args.checkpoint)
+    thr = args.threshold if args.threshold is not None else fm.threshold
+    score = fm.score(args.image_a, args.image_b)
+    same = None if thr is None else score >= thr
+    if args.json:
+        print(json.dumps({"score": score, "threshold": thr, "same": same, "scoring": fm.scoring}))
+    else:
+        print(f"score {score:.4f} ({fm.scoring})")
+        if thr is None:
+            print("no threshold stored with this model; pass --threshold for a decision")
+        else:
+            print(f"{'same person' if same else 'different people'} (threshold {thr:.4f})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from facerec.registry import BACKBONES, LOSSES
+
+    if args.what == "recipes":
+        for p in sorted((Path(__file__).parent / "recipes").glob("*.yaml")):
+            first = p.read_text().splitlines()[0].lstrip("# ") if p.read_text() else ""
+            print(f"{p.stem:<20} {first}")
+        return 0
+    reg = LOSSES if args.what == "losses" else BACKBONES
+    for name, doc in reg.describe().items():
+        print(f"{name:<18} {doc}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "eval": cmd_evaluate, "predict": cmd_predict,
+            "report": cmd_report, "verify": cmd_verify, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from facerec.config import ConfigError
+    from facerec.data.folder import DataError
+    from facerec.engine.checkpoint import CheckpointError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"facerec {args.command}: error: {err}", file=sys.stderr)
+        if os.environ.get("FACEREC_DEBUG"):
+            raise
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

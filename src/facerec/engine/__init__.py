@@ -1,0 +1,1 @@
+"""Training, evaluation and checkpointing as plain functions that receive objects, not config."""

@@ -1,0 +1,76 @@
+"""Checkpoints: one dict of tensors and plain Python values, written atomically, read without unpickling code.
+
+Layout: {"format": "facerec", "version": 1, "config": dict, "classes": [str], "epoch": int, "model": state_dict,
+"loss": state_dict, and optionally "optimizer", "schedule", "rng", "metrics", "best", "prototypes", "threshold"}.
+`torch.load(..., weights_only=True)` accepts exactly such content and refuses pickled code objects.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "facerec"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt, untrusted, or not a facerec checkpoint."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write `state` to `path` atomically: a temp file in the same folder, fsync, then os.replace.
+
+    A crash (or a full disk) mid-write leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    payload = {"format": FORMAT, "version": 1, **state}
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CheckpointError(f"could not write checkpoint {path}: {err}; free disk space or choose another --out") from err
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`: tensors and plain values only, never arbitrary code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refusing to load {path}: it contains objects other than tensors and plain values ({err}). "
+            "Only load checkpoints written by facerec from sources you trust."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a facerec checkpoint (no 'format': 'facerec' entry)")
+    return state
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

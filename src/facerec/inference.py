@@ -1,0 +1,89 @@
+"""Evaluation of a trained model on labelled data, and the two Kaggle submission files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facerec.api import FaceModel
+from facerec.data.folder import DataError, list_flat_images
+from facerec.data.hw2p2 import detect_layout
+from facerec.data.memory import load_flat_images, load_identity_folders
+from facerec.data.pairset import PairSet, load_pairset
+from facerec.engine.evaluate import class_scores, evaluate_closed_set, evaluate_pairs, score_pairs
+from facerec.submission import read_sample_submission, write_classification_csv, write_verification_csv
+
+
+def pair_scores_for(fm: FaceModel, pairs: PairSet, scoring: str | None = None, flip: bool = True) -> torch.Tensor:
+    e = fm.embed(pairs.images, flip=flip)
+    return score_pairs(e, pairs.idx_a, pairs.idx_b, scoring or fm.scoring)
+
+
+def evaluate_split(fm: FaceModel, split_dir: str | Path, flip: bool = True, log=print) -> dict[str, float]:
+    """Top-1 / top-5 accuracy on a labelled identity-folder split, labels matched to the model by folder name."""
+    data = load_identity_folders(split_dir, fm.image_size, fm.classes, cache=False, log=log)
+    scores = class_scores(fm.embed(data.images, flip=flip), fm.loss_fn, fm.prototypes)
+    m = evaluate_closed_set(scores, data.labels)
+    return {"accuracy": m["acc"], "top5": m["top5"], "n_images": len(data)}
+
+
+def evaluate_pair_file(fm: FaceModel, pairs_file: str | Path, root: str | Path, verification_dir: Path | None = None,
+                       scoring: str | None = None, flip: bool = True) -> dict[str, float]:
+    pairs = load_pairset(pairs_file, root, verification_dir, fm.image_size)
+    if pairs.labels is None:
+        raise DataError(f"{pairs_file} has no labels (lines `a b`); evaluation needs `a b label` lines")
+    m = evaluate_pairs(pair_scores_for(fm, pairs, scoring, flip), pairs.labels)
+    return {**m, "scoring": scoring or fm.scoring}
+
+
+def evaluate_dataset(fm: FaceModel, data: str | Path, scoring: str | None = None, flip: bool = True,
+                     log=print) -> dict[str, Any]:
+    """Everything labelled that a dataset folder holds: the val split (accuracy) and val pairs (AUC, ...)."""
+    layout = detect_layout(data)
+    out: dict[str, Any] = {}
+    split = layout.val if layout.kind != "folder" else layout.train
+    if split is not None:
+        out.update(evaluate_split(fm, split, flip, log))
+    if layout.pairs_val is not None:
+        out.update(evaluate_pair_file(fm, layout.pairs_val, layout.root, layout.verification, scoring, flip))
+    if not out:
+        raise DataError(f"{data} holds neither a labelled split nor a labelled pair file to evaluate on")
+    return out
+
+
+def write_submissions(fm: FaceModel, data: str | Path, out_dir: str | Path, flip: bool = True,
+                      log=print) -> list[Path]:
+    """classification_submission.csv and verification_submission.csv, in the sample submissions' row order."""
+    layout = detect_layout(data)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if layout.test is not None:
+        if layout.class_sample is not None:
+            ids = read_sample_submission(layout.class_sample, "classification")
+            paths = [layout.test / i for i in ids]
+            missing = [p for p in paths if not p.exists()]
+            if missing:
+                raise DataError(f"{len(missing)} test images named in {layout.class_sample} are missing, "
+                                f"e.g. {missing[0]}")
+        else:
+            paths = list_flat_images(layout.test)
+            ids = [p.name for p in paths]
+        scores = class_scores(fm.embed(load_flat_images(paths, fm.image_size), flip=flip), fm.loss_fn, fm.prototypes)
+        labels = [fm.classes[i] for i in scores.argmax(1).tolist()]
+        path = out_dir / "classification_submission.csv"
+        write_classification_csv(path, ids, labels, layout.class_sample)
+        log(f"wrote {path} ({len(ids)} rows)")
+        written.append(path)
+    if layout.pairs_test is not None:
+        pairs = load_pairset(layout.pairs_test, layout.root, layout.verification, fm.image_size)
+        scores = pair_scores_for(fm, pairs, flip=flip)
+        path = out_dir / "verification_submission.csv"
+        write_verification_csv(path, pairs.pairs, scores.tolist(), layout.verif_sample)
+        log(f"wrote {path} ({len(pairs)} rows)")
+        written.append(path)
+    if not written:
+        raise DataError(f"{data} has no test_data/ and no test pair file: nothing to predict")
+    return written

@@ -1,0 +1,18 @@
+"""Every built-in loss; importing this package registers them in `facerec.registry.LOSSES` (no other effect)."""
+
+from facerec.losses import (  # noqa: F401  (imported for their @LOSSES.register side effect)
+    center,
+    lgm,
+    lsoftmax,
+    margin,
+    pair,
+    prototypical,
+    proxy,
+    quadruplet,
+    softmax,
+    structured,
+    uniformface,
+)
+from facerec.losses.base import SCORINGS, CombinedLoss, EmbeddingLoss, build_combined_loss, build_loss
+
+__all__ = ["SCORINGS", "CombinedLoss", "EmbeddingLoss", "build_combined_loss", "build_loss"]

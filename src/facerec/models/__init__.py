@@ -1,0 +1,1 @@
+"""Backbones (registered CNN trunks) and the embedding network built on them."""

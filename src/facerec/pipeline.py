@@ -1,0 +1,227 @@
+"""Config -> objects: the model, the loss, the data, and a whole training run. The CLI and the API call these."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facerec.config import Config, config_from_dict, config_to_dict, save_config
+from facerec.data.augment import get_preset
+from facerec.data.folder import DataError
+from facerec.data.hw2p2 import Hw2p2Layout, detect_layout
+from facerec.data.memory import ImageSet, load_identity_folders
+from facerec.data.pairset import PairSet, load_pairset
+from facerec.data.sampler import PKBatchSampler, RandomBatchSampler
+from facerec.engine.checkpoint import CheckpointError, load_checkpoint, set_rng_state
+from facerec.engine.fit import FitParts, FitState, fit, load_fit_state, prototypes_for
+from facerec.engine.progress import MetricsLog
+from facerec.engine.schedule import LRSchedule
+from facerec.engine.train import StepOptions, build_optimizer
+from facerec.losses.base import SCORINGS, CombinedLoss, build_combined_loss
+from facerec.models.embedder import FaceEmbedder, count_parameters
+
+Log = Callable[[str], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device asks for CUDA but no GPU is visible; use train.device=cpu or auto")
+    return dev
+
+
+def build_model(cfg: Config) -> FaceEmbedder:
+    m = cfg.model
+    return FaceEmbedder(m.backbone, m.embedding_dim, m.dropout, m.neck, cfg.data.image_size)
+
+
+def build_loss_fn(cfg: Config, num_classes: int) -> CombinedLoss:
+    terms = [(cfg.loss.name, 1.0, cfg.loss.params)] + [(t.name, t.weight, t.params) for t in cfg.loss.extra]
+    return build_combined_loss(terms, embedding_dim=cfg.model.embedding_dim, num_classes=num_classes)
+
+
+def resolve_scoring(cfg: Config, loss_fn: CombinedLoss) -> str:
+    if cfg.loss.scoring == "auto":
+        return loss_fn.scoring
+    if cfg.loss.scoring not in SCORINGS:
+        raise ValueError(f"unknown loss.scoring {cfg.loss.scoring!r}; choose auto or one of {list(SCORINGS)}")
+    return cfg.loss.scoring
+
+
+def load_data(cfg: Config, log: Log = print) -> tuple[Hw2p2Layout, ImageSet, ImageSet | None, PairSet | None]:
+    """Detect the dataset layout, check the pair file (before any training), decode train / val / pair images."""
+    d = cfg.data
+    if not d.root:
+        raise DataError("no dataset given: pass --data DIR (an HW2P2 folder or a folder of identity folders)")
+    layout = detect_layout(d.root)
+    log(f"dataset {layout.root} ({layout.kind} layout): train {layout.train}")
+    pairs_file = Path(d.pairs) if d.pairs else layout.pairs_val
+    pairs = None
+    if pairs_file is not None:
+        pairs = load_pairset(pairs_file, layout.root, layout.verification, d.image_size, d.num_workers)
+        log(f"val pairs: {len(pairs)} from {pairs_file} ({pairs.images.shape[0]} images)")
+    train = load_identity_folders(layout.train, d.image_size, None, d.num_workers, d.cache, log,
+                                  d.max_per_class, d.max_classes)
+    log(f"train: {len(train)} images of {len(train.classes)} identities")
+    val_dir = Path(d.val) if d.val else layout.val
+    val = None
+    if val_dir is not None:
+        val = load_identity_folders(val_dir, d.image_size, train.classes, d.num_workers, d.cache, log)
+        log(f"val: {len(val)} images")
+    return layout, train, val, pairs
+
+
+def make_sampler(cfg: Config, train: ImageSet, loss_fn: CombinedLoss) -> RandomBatchSampler | PKBatchSampler:
+    kind = cfg.data.sampler
+    if kind == "auto":
+        kind = "pk" if loss_fn.needs_pk else "random"
+    if kind == "pk":
+        return PKBatchSampler(train.labels, cfg.data.p, cfg.data.k)
+    if kind == "random":
+        return RandomBatchSampler(len(train), cfg.data.batch_size)
+    raise ValueError(f"unknown data.sampler {kind!r}; choose one of ['auto', 'pk', 'random']")
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM finish the current step, save a checkpoint and exit (a second Ctrl-C aborts at once)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+        print("\nstopping after this step (Ctrl-C again to abort)...", flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: Config, run_dir: str | Path, resume: str | bool = False, log: Log = print) -> FitState:
+    """A whole run: data, model, loss, optimiser, then `fit`. `resume=True` continues RUN/last.pt."""
+    run_dir = Path(run_dir)
+    resume_state = _resume_state(run_dir, resume)
+    if resume_state is not None:
+        log(f"resuming after epoch {resume_state['epoch']} from {run_dir}")
+    _check_writable(run_dir)
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)
+    layout, train_set, val, pairs = load_data(cfg, log)
+    model = build_model(cfg)
+    loss_fn = build_loss_fn(cfg, len(train_set.classes))
+    cl = t.channels_last == "on" or (t.channels_last == "auto")
+    model = model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
+    loss_fn = loss_fn.to(device)
+    o = cfg.optim
+    optimizer = build_optimizer(model, loss_fn, o.name, o.lr, o.weight_decay, o.momentum, o.nesterov, o.loss_lr)
+    sampler = make_sampler(cfg, train_set, loss_fn)
+    steps = len(sampler) if not t.max_steps_per_epoch else min(len(sampler), t.max_steps_per_epoch)
+    schedule = LRSchedule(o.lr, t.epochs, steps, o.schedule, o.warmup_epochs, o.min_lr, o.step_size, o.gamma,
+                          o.patience)
+    state = FitState()
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        loss_fn.load_state_dict(resume_state["loss"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        schedule.load_state_dict(resume_state.get("schedule", {}))
+        state = load_fit_state(resume_state["fit_state"])
+        set_rng_state(resume_state["rng"])
+    amp = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
+    opts = StepOptions(device, amp, cl, o.grad_clip, t.log_every, t.max_steps_per_epoch)
+    step_model = torch.compile(model) if t.compile else model
+    parts = FitParts(step_model, loss_fn, optimizer, schedule, train_set, sampler, get_preset(cfg.data.augment), opts,
+                     val, pairs, resolve_scoring(cfg, loss_fn), t.flip_tta)
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "model_summary.txt").write_text(f"{model}\n\nparameters: {count_parameters(model):,}\n")
+    metrics = MetricsLog(run_dir)
+    if resume_state is None:
+        metrics.write("start", device=str(device), num_params=count_parameters(model), num_classes=len(train_set.classes),
+                      num_train_images=len(train_set), torch=torch.__version__, threads=torch.get_num_threads(),
+                      cpu_count=os.cpu_count(), scoring=parts.scoring, sampler=type(sampler).__name__)
+
+    def extra() -> dict[str, Any]:
+        return {"config": config_to_dict(cfg), "classes": train_set.classes, "model": model.state_dict(),
+                "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "scoring": parts.scoring}
+
+    t0 = time.time()
+    with _StopFlag() as flag:
+        state = fit(parts, state, t.epochs, run_dir, t.seed, extra, metrics, t.best_metric, t.eval_every,
+                    t.time_limit_min * 60, lambda: flag.stop)
+    if state.epoch >= t.epochs or not flag.stop:
+        _finalise(run_dir, parts, metrics, state, t.best_metric, time.time() - t0, log)
+    metrics.close()
+    return state
+
+
+def _finalise(run_dir: Path, parts: FitParts, metrics: MetricsLog, state: FitState, best_metric: str,
+              seconds: float, log: Log) -> None:
+    """Add what inference needs to best.pt: the decision threshold and, for losses without a classifier,
+    class prototypes."""
+    best = load_checkpoint(run_dir / "best.pt")
+    parts.model.load_state_dict(best["model"]) if not hasattr(parts.model, "_orig_mod") else \
+        parts.model._orig_mod.load_state_dict(best["model"])
+    parts.loss_fn.load_state_dict(best["loss"])
+    protos = prototypes_for(parts, per_class=1_000_000)
+    if protos is not None:
+        best["prototypes"] = protos
+    thr = best.get("metrics", {}).get("val_threshold")
+    if thr is not None:
+        best["threshold"] = thr
+        best["threshold_source"] = "best-accuracy threshold on the val pairs"
+    from facerec.engine.checkpoint import save_checkpoint
+
+    save_checkpoint({k: v for k, v in best.items() if k not in ("format", "version")}, run_dir / "best.pt")
+    best_value = state.best_value if best_metric != "train_loss" or state.best_value is None else -state.best_value
+    metrics.write("end", best_epoch=state.best_epoch, best_metric=best_metric, best_value=best_value,
+                  total_time_s=seconds)
+    log(f"done: best {best_metric} {best_value} at epoch {state.best_epoch}; checkpoint {run_dir / 'best.pt'}")
+
+
+def _resume_state(run_dir: Path, resume: str | bool) -> dict[str, Any] | None:
+    if not resume:
+        return None
+    path = Path(resume) if isinstance(resume, str) else Path(run_dir) / "last.pt"
+    if not path.exists():
+        raise CheckpointError(f"--resume: no checkpoint at {path}; start without --resume")
+    return load_checkpoint(path)
+
+
+def resume_config(run_dir: str | Path, resume: str | bool, overrides: list[str]) -> Config:
+    """The config of the run being resumed, with explicit `key=value` overrides on top (e.g. more epochs)."""
+    from facerec.config import apply_overrides
+
+    state = _resume_state(Path(run_dir), resume or True)
+    return apply_overrides(config_from_dict(state["config"]), overrides)
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise DataError(f"cannot write to the output folder {run_dir} ({err}); choose another --out") from None

@@ -1,0 +1,123 @@
+"""End to end: train -> evaluate -> predict -> report -> verify on a generated HW2P2 dataset, through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import facerec
+from facerec.cli import main
+from facerec.engine.progress import read_metrics
+
+TINY = ["model.backbone=tiny_cnn", "model.embedding_dim=32", "data.image_size=16", "data.batch_size=16",
+        "optim.lr=0.05", "train.log_every=2", "optim.warmup_epochs=0"]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def trained(hw2p2_dir: Path, tmp_path: Path, cache) -> Path:
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(hw2p2_dir), "--out", str(run), "train.epochs=4", *TINY]) == 0
+    return run
+
+
+def test_train_writes_run_folder(trained: Path, capsys):
+    assert {"best.pt", "last.pt", "config.yaml", "metrics.jsonl", "val_pair_scores.npz"} <= {
+        p.name for p in trained.iterdir()
+    }
+    records = read_metrics(trained)
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
+    assert {"train_loss", "val_acc", "val_auc", "images_per_s", "lr"} <= set(epochs[0])
+    assert records[-1]["event"] == "end"
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert "batch_size: 16" in (trained / "config.yaml").read_text()
+
+
+def test_evaluate_json_and_predict_submissions(trained: Path, hw2p2_dir: Path, tmp_path: Path, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(trained / "best.pt"), "--data", str(hw2p2_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"auc", "accuracy", "eer", "tar@far=1e-3", "best_acc"} <= set(result)
+    assert result["accuracy"] > 0.5  # 12 identities: chance is 1/12
+    assert result["auc"] > 0.75
+
+    out = tmp_path / "sub"
+    assert main(["predict", "--checkpoint", str(trained / "best.pt"), "--data", str(hw2p2_dir), "--out", str(out)]) == 0
+    rows = list(csv.reader((out / "classification_submission.csv").open()))
+    assert rows[0] == ["id", "label"]
+    assert [r[0] for r in rows[1:]] == [f"{n}.jpg" for n in range(12)]  # the sample's (numeric) order
+    folder_names = {p.name for p in (hw2p2_dir / "classification_data" / "train_data").iterdir()}
+    predicted = [r[1] for r in rows[1:]]
+    assert set(predicted) <= folder_names  # folder names, never class indices
+    truth = (hw2p2_dir / "test_truth.txt").read_text().split()
+    assert sum(p == t for p, t in zip(predicted, truth)) / len(truth) > 0.5
+    vrows = list(csv.reader((out / "verification_submission.csv").open()))
+    sample = list(csv.reader((hw2p2_dir / "verification_sample_submission.csv").open()))
+    assert vrows[0] == ["Id", "Category"] and [r[0] for r in vrows] == [r[0] for r in sample]
+    assert all(-1.0001 <= float(r[1]) <= 1.0001 for r in vrows[1:])  # cosine scores
+
+
+def test_report_verify_and_api_agree(trained: Path, hw2p2_dir: Path, capsys):
+    assert main(["report", str(trained)]) == 0
+    page = (trained / "report" / "report.md").read_text()
+    assert "tiny_cnn" in page and (trained / "report" / "roc.png").stat().st_size > 1000
+    ver = sorted((hw2p2_dir / "verification_data").iterdir())
+    capsys.readouterr()
+    assert main(["verify", "--checkpoint", str(trained / "best.pt"), str(ver[0]), str(ver[1]), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    model = facerec.load(str(trained / "best.pt"))
+    assert out["score"] == pytest.approx(model.score(ver[0], ver[1]), abs=1e-5)
+    assert model.verify(ver[0], ver[1]).same == out["same"]
+    emb = model.embed([ver[0], ver[1]])
+    assert emb.shape == (2, 32)
+    top = model.classify([ver[0]], k=3)[0]
+    assert len(top) == 3 and top[0][1] >= top[1][1] and top[0][0] in model.classes
+
+
+def test_resume_reproduces_uninterrupted_run(hw2p2_dir: Path, tmp_path: Path, cache):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    args = ["--data", str(hw2p2_dir), "train.epochs=3", *TINY]
+    assert main(["train", "--out", str(full), *args]) == 0
+    assert main(["train", "--out", str(cut), *args, "train.time_limit_min=0.000001"]) == 0  # stops after epoch 1
+    assert [r["epoch"] for r in read_metrics(cut) if r["event"] == "epoch"] == [1]
+    assert main(["train", "--out", str(cut), "--resume", "train.time_limit_min=0"]) == 0
+    a = [r for r in read_metrics(full) if r["event"] == "epoch"]
+    b = [r for r in read_metrics(cut) if r["event"] == "epoch"]
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4)
+        assert rb["val_auc"] == pytest.approx(ra["val_auc"], abs=1e-4)
+    wa = torch.load(full / "last.pt", weights_only=True)["model"]
+    wb = torch.load(cut / "last.pt", weights_only=True)["model"]
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-4) for k in wa)
+
+
+def test_bad_input_gives_clear_errors(hw2p2_dir: Path, tmp_path: Path, cache, capsys):
+    assert main(["train", "--data", str(hw2p2_dir), "--out", str(tmp_path / "x"), "data.batchsize=3"]) == 1
+    assert "unknown config key 'data.batchsize'" in capsys.readouterr().err
+    bad = hw2p2_dir / "verification_pairs_val.txt"
+    lines = bad.read_text().splitlines()
+    lines[4] = "verification_data/missing.jpg " + lines[4].split(" ", 1)[1]
+    bad.write_text("\n".join(lines) + "\n")
+    assert main(["train", "--data", str(hw2p2_dir), "--out", str(tmp_path / "y"), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert ":5:" in err and "missing.jpg" in err  # file:line
+    assert not (tmp_path / "y" / "last.pt").exists()  # stopped before training
+
+
+def test_list_commands(capsys):
+    assert main(["list", "losses"]) == 0
+    out = capsys.readouterr().out
+    for name in ("softmax", "center", "arcface", "cosface", "sphereface", "contrastive", "triplet", "bway"):
+        assert name in out
+    assert main(["list", "backbones"]) == 0
+    assert "resnet34" in capsys.readouterr().out

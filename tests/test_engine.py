@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import math
+import pickle
+
+import pytest
+import torch
+
+from facerec.data.augment import PRESETS, augment, get_preset, to_input
+from facerec.data.sampler import PKBatchSampler, RandomBatchSampler
+from facerec.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from facerec.engine.schedule import LRSchedule
+from facerec.models.embedder import FaceEmbedder
+from facerec.registry import BACKBONES, Registry
+
+
+def test_registry_refuses_duplicates_and_names_choices():
+    reg: Registry = Registry("thing")
+    reg.register("a")(lambda: 1)
+    with pytest.raises(KeyError, match="registered twice"):
+        reg.register("a")(lambda: 2)
+    with pytest.raises(ValueError, match=r"unknown thing 'b'; choose one of \['a'\]"):
+        reg.get("b")
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "facenet_s", "resnet18"])
+def test_backbones_embed_64px_faces(name):
+    model = FaceEmbedder(name, embedding_dim=32, neck="pool").eval()
+    out = model(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 32)
+
+
+def test_every_backbone_is_registered_with_a_description():
+    described = BACKBONES.describe()
+    assert {"resnet18", "resnet34", "resnet50", "facenet_s", "tiny_cnn"} <= set(described)
+    assert all(described.values())
+
+
+def test_resnet_stem_is_3x3_stride_1_without_maxpool():
+    trunk = BACKBONES.build("resnet34")
+    conv = trunk.stem[0]
+    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in trunk.modules())
+    assert trunk(torch.zeros(1, 3, 64, 64)).shape[-1] == 8  # 64 / 8
+
+
+def test_flatten_neck_keeps_spatial_layout():
+    model = FaceEmbedder("tiny_cnn", embedding_dim=16, neck="flatten").eval()
+    assert model.fc.in_features == 64 * 8 * 8
+    with pytest.raises(ValueError, match="unknown neck"):
+        FaceEmbedder("tiny_cnn", neck="gap")
+
+
+def test_pk_sampler_gives_p_identities_with_k_images():
+    labels = torch.tensor([0] * 5 + [1] * 2 + [2] * 7 + [3] * 3)
+    sampler = PKBatchSampler(labels, p=2, k=3)
+    batches = list(sampler.batches(torch.Generator().manual_seed(0)))
+    assert len(batches) == len(sampler) == 2
+    for b in batches:
+        ids = labels[b]
+        assert len(b) == 6 and len(ids.unique()) == 2
+        assert all((ids == i).sum() == 3 for i in ids.unique())
+    seen = torch.cat([labels[b] for b in batches]).unique()
+    assert len(seen) == 4  # every identity once per epoch
+    with pytest.raises(ValueError, match="only 4"):
+        PKBatchSampler(labels, p=5, k=2)
+
+
+def test_random_sampler_is_a_seeded_permutation():
+    s = RandomBatchSampler(10, 4)
+    a = torch.cat(list(s.batches(torch.Generator().manual_seed(1))))
+    b = torch.cat(list(s.batches(torch.Generator().manual_seed(1))))
+    assert len(s) == 2 and torch.equal(a, b) and len(a.unique()) == 8
+
+
+def test_to_input_scales_to_unit_range():
+    img = torch.tensor([[[[0, 255, 127]]]], dtype=torch.uint8)  # (1,1,1,3)
+    x = to_input(img)
+    assert x.shape == (1, 3, 1, 1)
+    torch.testing.assert_close(x.flatten(), torch.tensor([-1.0, 1.0, 127 / 127.5 - 1]))
+
+
+def test_flip_preset_mirrors_exactly_and_none_is_identity():
+    x = torch.rand(64, 3, 8, 8) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    y = augment(x, get_preset("flip"), g)
+    flipped = (y == x.flip(3)).flatten(1).all(1)
+    same = (y == x).flatten(1).all(1)
+    assert (flipped | same).all() and 10 < flipped.sum() < 54
+    assert torch.equal(augment(x, PRESETS["none"], g), x)
+    with pytest.raises(ValueError, match="choose one of"):
+        get_preset("heavy")
+
+
+def test_standard_preset_stays_in_range_and_is_seeded():
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    a = augment(x, PRESETS["strong"], torch.Generator().manual_seed(3))
+    b = augment(x, PRESETS["strong"], torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.min() >= -1 and a.max() <= 1 and not torch.equal(a, x)
+
+
+def test_schedule_warmup_then_cosine():
+    s = LRSchedule(0.1, epochs=10, steps_per_epoch=10, kind="cosine", warmup_epochs=1)
+    assert s.lr_at(0) == pytest.approx(0.001)
+    assert s.lr_at(10) == pytest.approx(0.1)
+    assert s.lr_at(55) == pytest.approx(0.05 * (1 + math.cos(math.pi * 45 / 90)))
+    assert s.lr_at(100) == pytest.approx(0.0)
+
+
+def test_schedule_step_and_plateau():
+    s = LRSchedule(1.0, 30, 5, kind="step", step_size=10, gamma=0.1)
+    assert s.lr_at(49) == 1.0 and s.lr_at(50) == pytest.approx(0.1) and s.lr_at(100) == pytest.approx(0.01)
+    p = LRSchedule(1.0, 30, 5, kind="plateau", patience=1, gamma=0.5)
+    for v in [0.5, 0.6, 0.6, 0.6]:
+        p.observe(v)
+    assert p.lr_at(100) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        LRSchedule(1.0, 1, 1, kind="poly")
+
+
+def test_checkpoint_round_trip_is_atomic(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "classes": ["0", "10"], "config": {"a": 1}}, path)
+    state = load_checkpoint(path)
+    assert state["classes"] == ["0", "10"] and torch.equal(state["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"format": "facerec", "x": Evil()}, fh)
+    torch.save({"format": "facerec", "x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(path)
+
+
+def test_truncated_checkpoint_is_reported(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"model": {"w": torch.ones(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
