@@ -218,7 +218,9 @@ def test_every_miner_works_with_the_pair_losses(miner):
 def test_batch_hard_miner_picks_hardest_positive_and_negative():
     a, p, n = mine_triplets(build_miner("batch_hard"), X, Y)
     for anchor, pos, neg in zip(a.tolist(), p.tolist(), n.tolist(), strict=True):
-        assert dist(anchor, pos) == approx(max(dist(anchor, q) for q in range(N) if q != anchor and same(anchor, q)))
+        assert dist(anchor, pos) == approx(
+            max(dist(anchor, q) for q in range(N) if q != anchor and same(anchor, q))
+        )
         assert dist(anchor, neg) == approx(min(dist(anchor, q) for q in range(N) if not same(anchor, q)))
 
 

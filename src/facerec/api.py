@@ -32,6 +32,11 @@ class Verdict:
     threshold: float
 
 
+def _float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Model files may store fp16 weights (`export_inference(half=True)`); compute in fp32."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 class FaceModel:
     """A trained face model ready for inference on 64x64-style aligned face crops (any size is resized)."""
 
@@ -52,11 +57,12 @@ class FaceModel:
         state = load_checkpoint(path, map_location=device)
         cfg = config_from_dict(state["config"])
         model = build_model(cfg)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(_float32(state["model"]))
         loss_fn = build_loss_fn(cfg, len(state["classes"]))
-        loss_fn.load_state_dict(state["loss"])
+        loss_fn.load_state_dict(_float32(state["loss"]))
+        protos = state.get("prototypes")
         return cls(model, loss_fn, cfg, list(state["classes"]), state.get("scoring", "cosine"),
-                   state.get("threshold"), state.get("prototypes"), device)
+                   state.get("threshold"), None if protos is None else protos.float(), device)
 
     def _as_uint8(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
         if isinstance(images, torch.Tensor):

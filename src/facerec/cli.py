@@ -43,6 +43,16 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
 
 
+def _add_pack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pack", help="decode a dataset once into a memory-mapped pack (train with --data OUT)",
+                       description="Decode the training split of DIR (an HW2P2 root or a folder of identity "
+                                   "folders) into OUT/images.npy (N, S, S, 3) uint8, labels.npy and meta.json.")
+    p.add_argument("dir", help="dataset folder")
+    p.add_argument("out", help="new pack folder")
+    p.add_argument("--image-size", type=int, default=64, help="side of the stored square images (default 64)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="decoding threads")
+
+
 def _add_misc(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write the one-page write-up of a run (Markdown + PNG plots)")
     p.add_argument("run_dir")
@@ -65,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_predict(sub)
+    _add_pack(sub)
     _add_misc(sub)
     return parser
 
@@ -123,6 +134,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from facerec.data.pack import pack_dataset
+
+    pack_dataset(args.dir, args.out, args.image_size, args.workers)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from facerec.report import write_report
 
@@ -163,7 +181,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "eval": cmd_evaluate, "predict": cmd_predict,
-            "report": cmd_report, "verify": cmd_verify, "list": cmd_list}
+            "pack": cmd_pack, "report": cmd_report, "verify": cmd_verify, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

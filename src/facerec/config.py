@@ -90,6 +90,7 @@ class TrainConfig:
     log_every: int = 20  # steps between progress lines
     max_steps_per_epoch: int = 0  # 0 = full epochs; for smoke tests
     time_limit_min: float = 0.0  # stop after the epoch that passes this many minutes (0 = no limit)
+    init_from: str = ""  # start the network (not the loss) from this checkpoint, e.g. ArcFace after softmax
 
 
 @dataclass

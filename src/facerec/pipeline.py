@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -16,9 +17,18 @@ from facerec.data.augment import get_preset
 from facerec.data.folder import DataError
 from facerec.data.hw2p2 import Hw2p2Layout, detect_layout
 from facerec.data.memory import ImageSet, load_identity_folders
+from facerec.data.pack import is_pack, open_pack, read_meta, subset
 from facerec.data.pairset import PairSet, load_pairset
 from facerec.data.sampler import PKBatchSampler, RandomBatchSampler
 from facerec.engine.checkpoint import CheckpointError, load_checkpoint, set_rng_state
+from facerec.engine.distributed import (
+    DistContext,
+    GatherLoss,
+    ShardedBatchSampler,
+    init_distributed,
+    shutdown,
+    wrap_model,
+)
 from facerec.engine.fit import FitParts, FitState, fit, load_fit_state, prototypes_for
 from facerec.engine.progress import MetricsLog
 from facerec.engine.schedule import LRSchedule
@@ -36,6 +46,14 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device asks for CUDA but no GPU is visible; use train.device=cpu or auto")
     return dev
+
+
+def use_channels_last(setting: str, device: torch.device) -> bool:
+    """train.channels_last: "on", "off" or "auto". auto is on for every device: NHWC convolutions are the fast
+    path of cuDNN under bf16 and of oneDNN on CPU."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"unknown train.channels_last {setting!r}; choose one of ['auto', 'on', 'off']")
+    return setting != "off"
 
 
 def build_model(cfg: Config) -> FaceEmbedder:
@@ -61,15 +79,19 @@ def load_data(cfg: Config, log: Log = print) -> tuple[Hw2p2Layout, ImageSet, Ima
     d = cfg.data
     if not d.root:
         raise DataError("no dataset given: pass --data DIR (an HW2P2 folder or a folder of identity folders)")
-    layout = detect_layout(d.root)
+    packed = is_pack(d.root)
+    layout = _pack_layout(d.root, d.pairs, log) if packed else detect_layout(d.root)
     log(f"dataset {layout.root} ({layout.kind} layout): train {layout.train}")
     pairs_file = Path(d.pairs) if d.pairs else layout.pairs_val
     pairs = None
     if pairs_file is not None:
         pairs = load_pairset(pairs_file, layout.root, layout.verification, d.image_size, d.num_workers)
         log(f"val pairs: {len(pairs)} from {pairs_file} ({pairs.images.shape[0]} images)")
-    train = load_identity_folders(layout.train, d.image_size, None, d.num_workers, d.cache, log,
-                                  d.max_per_class, d.max_classes)
+    if packed:
+        train = subset(open_pack(d.root, d.image_size, log), d.max_per_class, d.max_classes)
+    else:
+        train = load_identity_folders(layout.train, d.image_size, None, d.num_workers, d.cache, log,
+                                      d.max_per_class, d.max_classes)
     log(f"train: {len(train)} images of {len(train.classes)} identities")
     val_dir = Path(d.val) if d.val else layout.val
     val = None
@@ -77,6 +99,21 @@ def load_data(cfg: Config, log: Log = print) -> tuple[Hw2p2Layout, ImageSet, Ima
         val = load_identity_folders(val_dir, d.image_size, train.classes, d.num_workers, d.cache, log)
         log(f"val: {len(val)} images")
     return layout, train, val, pairs
+
+
+def _pack_layout(root: str, pairs: str, log: Log) -> Hw2p2Layout:
+    """A pack is the training split. Val images and pairs: data.val / data.pairs, else those of the dataset the
+    pack was made from (meta.json "source"), when that is still on disk."""
+    source = read_meta(root).get("source")
+    if source and Path(source).is_dir():
+        try:
+            layout = detect_layout(source)
+            log(f"pack {root} was made from {source}: its val split and pair file are used unless given")
+            return dataclasses.replace(layout, train=Path(root), kind=f"pack of {layout.kind}")
+        except DataError:
+            pass
+    base = Path(pairs).parent if pairs else Path(root)  # pair-file paths are relative to the pair file's folder
+    return Hw2p2Layout(base, Path(root), None, None, None, None, None, None, None, kind="pack")
 
 
 def make_sampler(cfg: Config, train: ImageSet, loss_fn: CombinedLoss) -> RandomBatchSampler | PKBatchSampler:
@@ -93,12 +130,13 @@ def make_sampler(cfg: Config, train: ImageSet, loss_fn: CombinedLoss) -> RandomB
 class _StopFlag:
     """SIGINT/SIGTERM finish the current step, save a checkpoint and exit (a second Ctrl-C aborts at once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, install: bool = True) -> None:
         self.stop = False
         self._old: dict[int, Any] = {}
+        self._install = install
 
     def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM) if self._install else ():
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not in the main thread
@@ -117,26 +155,56 @@ class _StopFlag:
 
 
 def train(cfg: Config, run_dir: str | Path, resume: str | bool = False, log: Log = print) -> FitState:
-    """A whole run: data, model, loss, optimiser, then `fit`. `resume=True` continues RUN/last.pt."""
-    run_dir = Path(run_dir)
-    resume_state = _resume_state(run_dir, resume)
-    if resume_state is not None:
-        log(f"resuming after epoch {resume_state['epoch']} from {run_dir}")
-    _check_writable(run_dir)
+    """A whole run: data, model, loss, optimiser, then `fit`. `resume=True` continues RUN/last.pt.
+
+    Under `torchrun --nproc_per_node=N` every process calls this and they train one model together
+    (engine/distributed.py); rank 0 alone logs and writes the run folder.
+    """
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
+    ctx, device = init_distributed(resolve_device(t.device))
+    try:
+        state = _run(cfg, Path(run_dir), resume, log if ctx.is_main else _quiet, ctx, device)
+        ctx.barrier()  # nobody leaves while rank 0 still writes best.pt
+        return state
+    finally:
+        shutdown(ctx)
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistContext, device: torch.device
+         ) -> FitState:
+    resume_state = _resume_state(run_dir, resume)
+    if resume_state is not None:
+        log(f"resuming after epoch {resume_state['epoch']} from {run_dir}")
+    if ctx.is_main:
+        _check_writable(run_dir)
+    t = cfg.train
+    if ctx.enabled:
+        log(f"distributed: {ctx.world_size} processes on {device.type}, each takes 1/{ctx.world_size} of a batch")
+    if device.type == "cuda":  # process-wide switches, set here and not at import
+        torch.backends.cudnn.benchmark = True  # one input size throughout: time the conv algorithms once
+        torch.backends.cuda.matmul.allow_tf32 = True  # the loss heads run in fp32, outside bf16 autocast
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(t.seed)
-    layout, train_set, val, pairs = load_data(cfg, log)
+    with ctx.main_first():  # rank 0 decodes the images into the shared cache, then the others read it
+        layout, train_set, val, pairs = load_data(cfg, log)
+    if not ctx.is_main:
+        val = pairs = None  # rank 0 alone validates
     model = build_model(cfg)
     loss_fn = build_loss_fn(cfg, len(train_set.classes))
-    cl = t.channels_last == "on" or (t.channels_last == "auto")
+    cl = use_channels_last(t.channels_last, device)
     model = model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
     loss_fn = loss_fn.to(device)
     o = cfg.optim
     optimizer = build_optimizer(model, loss_fn, o.name, o.lr, o.weight_decay, o.momentum, o.nesterov, o.loss_lr)
     sampler = make_sampler(cfg, train_set, loss_fn)
+    if ctx.enabled:
+        sampler = ShardedBatchSampler(sampler, ctx.rank, ctx.world_size)
     steps = len(sampler) if not t.max_steps_per_epoch else min(len(sampler), t.max_steps_per_epoch)
     schedule = LRSchedule(o.lr, t.epochs, steps, o.schedule, o.warmup_epochs, o.min_lr, o.step_size, o.gamma,
                           o.patience)
@@ -148,18 +216,25 @@ def train(cfg: Config, run_dir: str | Path, resume: str | bool = False, log: Log
         schedule.load_state_dict(resume_state.get("schedule", {}))
         state = load_fit_state(resume_state["fit_state"])
         set_rng_state(resume_state["rng"])
+    elif t.init_from:
+        _init_weights(model, t.init_from, log)
     amp = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
     opts = StepOptions(device, amp, cl, o.grad_clip, t.log_every, t.max_steps_per_epoch)
-    step_model = torch.compile(model) if t.compile else model
-    parts = FitParts(step_model, loss_fn, optimizer, schedule, train_set, sampler, get_preset(cfg.data.augment), opts,
-                     val, pairs, resolve_scoring(cfg, loss_fn), t.flip_tta)
-    save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "model_summary.txt").write_text(f"{model}\n\nparameters: {count_parameters(model):,}\n")
-    metrics = MetricsLog(run_dir)
-    if resume_state is None:
-        metrics.write("start", device=str(device), num_params=count_parameters(model), num_classes=len(train_set.classes),
-                      num_train_images=len(train_set), torch=torch.__version__, threads=torch.get_num_threads(),
-                      cpu_count=os.cpu_count(), scoring=parts.scoring, sampler=type(sampler).__name__)
+    train_model = wrap_model(model, ctx, device)
+    if t.compile:
+        train_model = torch.compile(train_model)
+    parts = FitParts(model, loss_fn, optimizer, schedule, train_set, sampler, get_preset(cfg.data.augment), opts,
+                     val, pairs, resolve_scoring(cfg, loss_fn), t.flip_tta, train_model=train_model,
+                     train_loss=GatherLoss(loss_fn) if ctx.enabled else None, dist=ctx)
+    metrics = MetricsLog(run_dir) if ctx.is_main else None
+    if ctx.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "model_summary.txt").write_text(f"{model}\n\nparameters: {count_parameters(model):,}\n")
+    if metrics is not None and resume_state is None:
+        metrics.write("start", device=str(device), num_params=count_parameters(model),
+                      num_classes=len(train_set.classes), num_train_images=len(train_set), torch=torch.__version__,
+                      threads=torch.get_num_threads(), cpu_count=os.cpu_count(), scoring=parts.scoring,
+                      sampler=type(sampler).__name__, world_size=ctx.world_size)
 
     def extra() -> dict[str, Any]:
         return {"config": config_to_dict(cfg), "classes": train_set.classes, "model": model.state_dict(),
@@ -167,12 +242,15 @@ def train(cfg: Config, run_dir: str | Path, resume: str | bool = False, log: Log
                 "scoring": parts.scoring}
 
     t0 = time.time()
-    with _StopFlag() as flag:
+    # Several ranks could stop after different steps and leave the others waiting in a collective: under torchrun
+    # Ctrl-C simply ends the job, and --resume continues from the last epoch's last.pt.
+    with _StopFlag(install=not ctx.enabled) as flag:
         state = fit(parts, state, t.epochs, run_dir, t.seed, extra, metrics, t.best_metric, t.eval_every,
                     t.time_limit_min * 60, lambda: flag.stop)
-    if state.epoch >= t.epochs or not flag.stop:
-        _finalise(run_dir, parts, metrics, state, t.best_metric, time.time() - t0, log)
-    metrics.close()
+    if metrics is not None:
+        if state.epoch >= t.epochs or not flag.stop:
+            _finalise(run_dir, parts, metrics, state, t.best_metric, time.time() - t0, log)
+        metrics.close()
     return state
 
 
@@ -181,8 +259,7 @@ def _finalise(run_dir: Path, parts: FitParts, metrics: MetricsLog, state: FitSta
     """Add what inference needs to best.pt: the decision threshold and, for losses without a classifier,
     class prototypes."""
     best = load_checkpoint(run_dir / "best.pt")
-    parts.model.load_state_dict(best["model"]) if not hasattr(parts.model, "_orig_mod") else \
-        parts.model._orig_mod.load_state_dict(best["model"])
+    parts.model.load_state_dict(best["model"])  # the plain model: DDP / torch.compile wrap only train_model
     parts.loss_fn.load_state_dict(best["loss"])
     protos = prototypes_for(parts, per_class=1_000_000)
     if protos is not None:
@@ -198,6 +275,21 @@ def _finalise(run_dir: Path, parts: FitParts, metrics: MetricsLog, state: FitSta
     metrics.write("end", best_epoch=state.best_epoch, best_metric=best_metric, best_value=best_value,
                   total_time_s=seconds)
     log(f"done: best {best_metric} {best_value} at epoch {state.best_epoch}; checkpoint {run_dir / 'best.pt'}")
+
+
+def _init_weights(model: torch.nn.Module, path: str, log: Log) -> None:
+    """Start from another run's embedding network (e.g. ArcFace fine-tuning after softmax pre-training).
+
+    Only the backbone and neck are taken; the loss (class centres) starts fresh."""
+    source = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    shapes_differ = [k for k in own if k in source and source[k].shape != own[k].shape]
+    if shapes_differ or set(own) != set(source):
+        raise CheckpointError(f"train.init_from={path}: its network differs from model.* of this config "
+                              f"(e.g. {(shapes_differ or sorted(set(own) ^ set(source)))[0]}); use the same "
+                              "backbone, neck and embedding_dim")
+    model.load_state_dict(source)
+    log(f"initialised the network from {path}")
 
 
 def _resume_state(run_dir: Path, resume: str | bool) -> dict[str, Any] | None:

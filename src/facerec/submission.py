@@ -30,8 +30,7 @@ def read_sample_submission(path: str | Path, kind: Literal["classification", "ve
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"sample submission {path} does not exist; check the path (see `detect_layout`).")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
+    rows = _read_csv_rows(path)
     if not rows or rows[0] != HEADERS[kind]:
         found = ",".join(rows[0]) if rows else "an empty file"
         raise DataError(
@@ -47,10 +46,27 @@ def read_sample_submission(path: str | Path, kind: Literal["classification", "ve
                 f"{path}:{number}: {len(row)} columns {row[:3]}, expected 2 ({','.join(HEADERS[kind])})."
             )
         ids.append(row[0])
+    if not ids:
+        raise DataError(f"{path} has a header but no rows; re-download the sample submission.")
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(f"{path}: id {dup!r} appears more than once; re-download the sample submission.")
     return ids
+
+
+def _read_csv_rows(path: Path) -> list[list[str]]:
+    """All rows of a CSV file; undecodable or malformed text becomes a DataError naming the file (and line)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            try:
+                return list(reader)
+            except csv.Error as err:
+                raise DataError(f"{path}:{reader.line_num}: not a valid CSV row ({err}).") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text ({err.reason}); is it the right sample file?") from None
+    except OSError as err:
+        raise DataError(f"cannot read {path} ({err.strerror or err}).") from None
 
 
 def classification_test_ids(layout: Hw2p2Layout) -> tuple[list[str], list[Path]]:
@@ -71,6 +87,12 @@ def classification_test_ids(layout: Hw2p2Layout) -> tuple[list[str], list[Path]]
         raise DataError(
             f"{len(missing)} ids of {layout.class_sample} have no image in {layout.test}, e.g. {missing[0]!r}; "
             "is the test folder complete and from the same dataset?"
+        )
+    unlisted = len(list_flat_images(layout.test)) - len(set(paths))
+    if unlisted > 0:  # a sample cut short would silently give a submission with missing rows
+        raise DataError(
+            f"{layout.class_sample} lists {len(ids)} ids, but {unlisted} more images in {layout.test} are not "
+            "in it; the sample submission looks truncated: re-download it."
         )
     return ids, paths
 
@@ -126,8 +148,11 @@ def _check_against_sample(ids: list[str], sample: str | Path | None, kind: str) 
 def _write_atomic(out_path: str | Path, header: list[str], rows: Iterable[tuple[str, str]]) -> Path:
     """Write to a temp file in the same folder, then os.replace, so a crash never leaves half a CSV."""
     out_path = Path(out_path).expanduser()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    except OSError as err:
+        raise DataError(f"cannot write {out_path} ({err.strerror or err}); choose another output folder") from None
     try:
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
@@ -135,7 +160,12 @@ def _write_atomic(out_path: str | Path, header: list[str], rows: Iterable[tuple[
             writer.writerow(header)
             writer.writerows(rows)
         os.replace(tmp, out_path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):  # e.g. a full disk: the previous file (if any) is left as it was
+            raise DataError(
+                f"could not write {out_path} ({err.strerror or err}); any previous file there is unchanged. "
+                "Free disk space or choose another output folder."
+            ) from err
         raise
     return out_path

@@ -47,13 +47,16 @@ def _fingerprint(index: FolderIndex, size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def save_pack(folder: Path, images: np.ndarray, labels: np.ndarray, classes: list[str], paths: list[str]) -> None:
-    """Write a pack (images.npy, labels.npy, meta.json) atomically: readers never see a half-written pack."""
+def save_pack(folder: Path, images: np.ndarray, labels: np.ndarray, classes: list[str], paths: list[str],
+              extra: dict | None = None) -> None:
+    """Write a pack (images.npy, labels.npy, meta.json) atomically: readers never see a half-written pack.
+
+    `extra` adds JSON-serialisable entries to meta.json (`facerec pack` records image_size, source, skipped)."""
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     np.save(tmp / "images.npy", images)
     np.save(tmp / "labels.npy", labels.astype(np.int64))
-    (tmp / "meta.json").write_text(json.dumps({"classes": classes, "paths": paths}))
+    (tmp / "meta.json").write_text(json.dumps({**(extra or {}), "classes": classes, "paths": paths}))
     if folder.exists():  # another process finished first: keep theirs
         for f in tmp.iterdir():
             f.unlink()
@@ -67,7 +70,8 @@ def load_pack(folder: str | Path, mmap: bool = True) -> ImageSet:
     folder = Path(folder)
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        images = np.load(folder / "images.npy", mmap_mode="r" if mmap else None)
+        # copy-on-write map: pages are shared (page cache, across DDP ranks) and torch gets a writable array
+        images = np.load(folder / "images.npy", mmap_mode="c" if mmap else None)
         labels = np.load(folder / "labels.npy")
     except (OSError, ValueError) as err:
         raise DataError(
@@ -111,6 +115,11 @@ def load_identity_folders(
                 pairs.append((p, y))
         index.paths, index.labels = [p for p, _ in pairs], [y for _, y in pairs]
     _report_scan(index, root, log)
+    if not index.paths and index.unknown_classes:
+        raise DataError(
+            f"none of the {len(index.unknown_classes)} identities in {root} (e.g. {index.unknown_classes[0]!r}) "
+            "is a training identity; point data.val at the validation split of the same dataset."
+        )
     if not index.paths:
         raise DataError(f"no readable images under {root}: expected {root}/<identity>/<image>.jpg")
     key = _fingerprint(index, image_size) if cache else ""
@@ -123,6 +132,11 @@ def load_identity_folders(
     bad = set(failed)
     paths = [str(p) for i, p in enumerate(index.paths) if i not in bad]
     labels = np.array([y for i, y in enumerate(index.labels) if i not in bad], dtype=np.int64)
+    if failed and not paths:
+        raise DataError(
+            f"none of the {len(failed)} images under {root} could be decoded, e.g. {index.paths[failed[0]]}; "
+            "check that the files are images and the dataset was fully extracted."
+        )
     if failed:
         log(f"skipped {len(failed)} unreadable images, e.g. {index.paths[failed[0]]}")
     log(f"decoded {len(paths)} images from {root} in {time.time() - t0:.1f}s")

@@ -43,6 +43,8 @@ def read_pairs(path: str | Path, labelled: bool | None = None) -> PairList:
         raise DataError(f"pair file {path} does not exist; check the path (see `detect_layout`).") from None
     except UnicodeDecodeError as err:
         raise DataError(f"pair file {path} is not UTF-8 text ({err.reason}); is it the right file?") from None
+    except OSError as err:  # a folder, no read permission, an I/O error
+        raise DataError(f"cannot read pair file {path} ({err.strerror or err}); pass a text file.") from None
     a: list[str] = []
     b: list[str] = []
     labels: list[int] = []

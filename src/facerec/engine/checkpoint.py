@@ -74,3 +74,22 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+INFERENCE_KEYS = ("config", "classes", "model", "loss", "scoring", "threshold", "threshold_source", "prototypes",
+                  "metrics", "epoch")
+
+
+def export_inference(src: str | Path, dst: str | Path, half: bool = False) -> Path:
+    """Write the inference part of a training checkpoint (no optimiser or RNG state) to `dst`.
+
+    `half` stores floating-point tensors as fp16 (about half the size; `FaceModel.load` casts them back).
+    """
+    state = load_checkpoint(src)
+    slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
+    if half:
+        for part in ("model", "loss"):
+            slim[part] = {k: v.half() if v.is_floating_point() else v for k, v in slim[part].items()}
+        if "prototypes" in slim:
+            slim["prototypes"] = slim["prototypes"].half()
+    return save_checkpoint(slim, dst)

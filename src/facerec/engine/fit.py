@@ -16,6 +16,7 @@ from facerec.data.augment import AugmentSpec
 from facerec.data.memory import ImageSet
 from facerec.data.pairset import PairSet
 from facerec.engine.checkpoint import rng_state, save_checkpoint
+from facerec.engine.distributed import DistContext
 from facerec.engine.evaluate import (
     class_prototypes,
     class_scores,
@@ -26,7 +27,7 @@ from facerec.engine.evaluate import (
 )
 from facerec.engine.progress import MetricsLog, Progress
 from facerec.engine.schedule import LRSchedule
-from facerec.engine.train import StepOptions, train_one_epoch
+from facerec.engine.train import StepOptions, recover_from_faults, train_one_epoch
 from facerec.losses.base import EmbeddingLoss
 
 BEST_METRICS = ("val_auc", "val_acc", "train_loss")
@@ -57,6 +58,11 @@ class FitParts:
     pairs: PairSet | None = None
     scoring: str = "cosine"
     flip_tta: bool = True
+    # What the training step calls when it differs from model / loss_fn: DDP and/or torch.compile around the
+    # model, GatherLoss around the loss. Validation and checkpoints use the plain `model` and `loss_fn`.
+    train_model: nn.Module | None = None
+    train_loss: EmbeddingLoss | None = None
+    dist: DistContext = field(default_factory=DistContext)  # rank 0 alone validates, logs and writes files
 
 
 def _batches(train: ImageSet, sampler: Any, generator: torch.Generator, pin: bool):
@@ -65,7 +71,7 @@ def _batches(train: ImageSet, sampler: Any, generator: torch.Generator, pin: boo
         yield (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
 
 
-def prototypes_for(parts: FitParts, per_class: int = 16) -> torch.Tensor | None:
+def prototypes_for(parts: FitParts, per_class: int = 8) -> torch.Tensor | None:
     """Class prototypes from up to `per_class` training images per class, for losses without a classifier."""
     if parts.loss_fn.has_logits:
         return None
@@ -113,7 +119,7 @@ def fit(
     run_dir: Path,
     seed: int,
     checkpoint_extra: Callable[[], dict[str, Any]],
-    metrics: MetricsLog,
+    metrics: MetricsLog | None,
     best_metric: str = "val_auc",
     eval_every: int = 1,
     time_limit_s: float = 0.0,
@@ -124,55 +130,72 @@ def fit(
     replays the same batches and augmentations as an uninterrupted one."""
     if best_metric not in BEST_METRICS:
         raise ValueError(f"unknown best_metric {best_metric!r}; choose one of {list(BEST_METRICS)}")
-    progress = Progress(epochs, len(parts.sampler))
+    main = parts.dist.is_main  # metrics is None on the other ranks
+    progress = Progress(epochs, len(parts.sampler)) if main else None
     t_start = time.time()
     pin = parts.opts.device.type == "cuda"
+    rollbacks = 0  # epochs with too many non-finite steps (engine/train.py FaultPolicy)
     for epoch in range(state.epoch, epochs):
         torch.manual_seed(seed * 1_000_003 + epoch)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        aug_gen = torch.Generator(device=parts.opts.device).manual_seed(seed * 7_919 + epoch)
+        aug_seed = seed * 7_919 + epoch + 7_777_777 * parts.dist.rank  # ranks augment their slices differently
+        aug_gen = torch.Generator(device=parts.opts.device).manual_seed(aug_seed)
         parts.loss_fn.on_epoch_start(epoch)
         t0 = time.time()
         result = train_one_epoch(
-            parts.model, parts.loss_fn, _batches(parts.train, parts.sampler, gen, pin), len(parts.sampler),
+            parts.train_model or parts.model, parts.train_loss or parts.loss_fn,
+            _batches(parts.train, parts.sampler, gen, pin), len(parts.sampler),
             parts.optimizer, parts.schedule, state.global_step, parts.aug, aug_gen, parts.opts, progress, epoch,
             should_stop,
         )
         interrupted = should_stop()
         state.global_step += result.pop("batches")
+        if parts.dist.enabled:  # every rank steps in lockstep: the job's throughput is N x rank 0's
+            result.update(images=result["images"] * parts.dist.world_size,
+                          images_per_s=result["images_per_s"] * parts.dist.world_size)
         summary: dict[str, Any] = {"epoch": epoch + 1, **result}
+        if not interrupted and parts.opts.faults.triggered(result, parts.model):  # reload last.pt, lower LR
+            rollbacks += 1
+            summary.update(recover_from_faults(parts.model, parts.loss_fn, parts.optimizer, run_dir / "last.pt",
+                                               parts.opts.faults, rollbacks))
         val_scores = None
         if not interrupted and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-            val, val_scores = validate(parts)
-            summary.update(val)
+            val, val_scores = validate(parts) if main else ({}, None)
+            summary.update(parts.dist.broadcast(val))  # the schedule steps on the same numbers on every rank
         summary["epoch_time_s"] = time.time() - t0
         summary["elapsed_s"] = time.time() - t_start
-        if interrupted:
+        if interrupted and main:
             save_checkpoint({**checkpoint_extra(), "epoch": state.epoch, "global_step": state.global_step,
                              "fit_state": _state_dict(state), "rng": rng_state()}, run_dir / "last.pt")
             metrics.write("interrupted", epoch=epoch + 1, step=result["steps"])
             print(f"interrupted: saved {run_dir / 'last.pt'}; continue with --resume", flush=True)
+        if interrupted:
             return state
         parts.schedule.observe(_metric_value(best_metric, summary))
         value = _metric_value(best_metric, summary)
-        improved = value is not None and (state.best_value is None or value >= state.best_value)  # ties: the later epoch
+        # ties go to the later epoch; until the metric is first measured (no val data), the latest epoch is best
+        improved = state.best_value is None or (value is not None and value >= state.best_value)
         if improved:
             state.best_value, state.best_epoch = value, epoch + 1
         state.epoch = epoch + 1
         state.history.append(summary)
-        metrics.write("epoch", **summary)
-        progress.epoch_end(epoch, summary["epoch_time_s"], {k: v for k, v in summary.items() if k.startswith("val_")
-                                                             or k in ("train_loss", "train_acc", "images_per_s")})
-        ckpt = {**checkpoint_extra(), "epoch": state.epoch, "global_step": state.global_step,
-                "fit_state": _state_dict(state), "rng": rng_state(), "metrics": _numbers(summary)}
-        save_checkpoint(ckpt, run_dir / "last.pt")
-        if improved or not (run_dir / "best.pt").exists():
-            if val_scores is not None:
-                np.savez(run_dir / "val_pair_scores.npz", scores=val_scores, labels=parts.pairs.labels.numpy())
-            save_checkpoint(ckpt, run_dir / "best.pt")
-        if time_limit_s and time.time() - t_start > time_limit_s and epoch + 1 < epochs:
-            print(f"time limit reached after epoch {epoch + 1}; stopping", flush=True)
-            metrics.write("time_limit", epoch=epoch + 1)
+        if main:
+            metrics.write("epoch", **summary)
+            shown = {k: v for k, v in summary.items()
+                     if k.startswith("val_") or k in ("train_loss", "train_acc", "images_per_s")}
+            progress.epoch_end(epoch, summary["epoch_time_s"], shown)
+            ckpt = {**checkpoint_extra(), "epoch": state.epoch, "global_step": state.global_step,
+                    "fit_state": _state_dict(state), "rng": rng_state(), "metrics": _numbers(summary)}
+            save_checkpoint(ckpt, run_dir / "last.pt")
+            if improved or not (run_dir / "best.pt").exists():
+                if val_scores is not None:
+                    np.savez(run_dir / "val_pair_scores.npz", scores=val_scores, labels=parts.pairs.labels.numpy())
+                save_checkpoint(ckpt, run_dir / "best.pt")
+        # rank 0's clock decides, so that every rank stops after the same epoch
+        if time_limit_s and epoch + 1 < epochs and parts.dist.broadcast(time.time() - t_start > time_limit_s):
+            if main:
+                print(f"time limit reached after epoch {epoch + 1}; stopping", flush=True)
+                metrics.write("time_limit", epoch=epoch + 1)
             break
     return state
 

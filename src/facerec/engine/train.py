@@ -1,19 +1,50 @@
-"""One training epoch as a plain function: batches in, optimiser steps out, metrics accumulated on the device."""
+"""One training epoch as a plain function: batches in, optimiser steps out, metrics accumulated on the device.
+
+Numerical faults: a step whose loss or gradient norm is not finite is skipped (counted as `skipped_steps`, the
+first one of an epoch is printed). An epoch with too many of them triggers `FaultPolicy`: the weights and optimiser
+state of the last good checkpoint are reloaded and the learning rate is scaled down (`recover_from_faults`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from facerec.data.augment import AugmentSpec, augment, to_input
+from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.progress import Progress
 from facerec.engine.schedule import LRSchedule
 from facerec.losses.base import EmbeddingLoss
+
+
+class TrainingDiverged(ValueError):
+    """Non-finite steps kept coming after every rollback. (A ValueError, so the CLI prints it as an error.)"""
+
+
+@dataclass
+class FaultPolicy:
+    """When an epoch skips more than `max_skipped` steps (or all of them), reload the last good checkpoint and
+    multiply the learning rate by `lr_factor`; the `max_rollbacks + 1`-th such epoch raises TrainingDiverged."""
+
+    max_skipped: int = 10
+    lr_factor: float = 0.5
+    max_rollbacks: int = 3
+
+    def triggered(self, result: dict[str, Any], model: nn.Module | None = None) -> bool:
+        """Too many skipped steps, or non-finite BatchNorm statistics (a skipped step still ran its forward)."""
+        skipped = result.get("skipped_steps", 0)
+        if skipped > self.max_skipped or (skipped > 0 and result.get("steps", 0) == 0):
+            return True
+        return skipped > 0 and model is not None and not all(
+            bool(torch.isfinite(b).all()) for b in model.buffers() if b.is_floating_point()
+        )
 
 
 @dataclass
@@ -24,6 +55,7 @@ class StepOptions:
     grad_clip: float = 0.0
     log_every: int = 20
     max_steps: int = 0  # 0 = the whole epoch
+    faults: FaultPolicy = field(default_factory=FaultPolicy)
 
 
 def build_optimizer(
@@ -47,7 +79,8 @@ def build_optimizer(
     ]
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
     if loss_params:
-        groups.append({"params": loss_params, "weight_decay": weight_decay, "lr_scale": (loss_lr / lr) if loss_lr else 1.0})
+        scale = (loss_lr / lr) if loss_lr else 1.0
+        groups.append({"params": loss_params, "weight_decay": weight_decay, "lr_scale": scale})
     fused = {"foreach": True}
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, **fused)
@@ -78,12 +111,15 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """Train over `batches` of (uint8 images (B,S,S,3), labels (B,)) and return epoch metrics.
 
-    Non-finite losses or gradients skip the step (counted as `skipped_steps`) instead of poisoning the weights.
-    Loss and accuracy are summed on the device; the host reads them only every `log_every` steps.
+    A step whose loss or gradient norm is not finite is skipped (counted as `skipped_steps`) instead of poisoning
+    the weights. The gradient norm is computed every step (one fused reduction, reused by `grad_clip`) and both
+    checks share the step's single host sync. Loss and accuracy are summed on the device; the host reads them
+    only every `log_every` steps.
     """
     model.train()
     loss_fn.train()
     dev = opts.device
+    params = [p for p in list(model.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
     total_loss = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev)
     seen, skipped, done, step = 0, 0, 0, 0
@@ -99,22 +135,28 @@ def train_one_epoch(
             emb = model(x)
         loss = loss_fn(emb.float(), labels)
         optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            skipped += 1
-            continue
         loss.backward()
-        if opts.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(loss_fn.parameters()), opts.grad_clip)
-            if not torch.isfinite(norm):
-                skipped += 1
-                continue
-        optimizer.step()
-        done += 1
-        seen += labels.shape[0]
-        total_loss += loss.detach() * labels.shape[0]
-        if loss_fn.has_logits:
-            with torch.no_grad():
-                correct += (loss_fn.logits(emb.detach().float()).argmax(1) == labels).sum()
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False) if grads else loss.new_zeros(())
+        if bool(torch.isfinite(loss) & torch.isfinite(norm)):  # the step's one host sync
+            if opts.grad_clip:
+                torch.nn.utils.clip_grads_with_norm_(params, opts.grad_clip, norm)
+            optimizer.step()
+            done += 1
+            seen += labels.shape[0]
+            total_loss += loss.detach() * labels.shape[0]
+            if loss_fn.has_logits:
+                with torch.no_grad():
+                    correct += (loss_fn.logits(emb.detach().float()).argmax(1) == labels).sum()
+        else:
+            skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            if skipped == 1:
+                print(
+                    f"warning: epoch {epoch + 1} step {step}: non-finite loss ({loss.item():.4g}) or gradient "
+                    f"norm ({norm.item():.4g}); step skipped (counted in skipped_steps)",
+                    flush=True,
+                )
         if progress and (step % opts.log_every == 0 or step == steps):
             elapsed = time.perf_counter() - t0
             acc = (correct / max(seen, 1)).item() if loss_fn.has_logits else None
@@ -131,5 +173,38 @@ def train_one_epoch(
         "skipped_steps": skipped,
         "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
         "train_time_s": elapsed,
-        "lr": schedule.lr_at(global_step + max(done, 1) - 1),
+        "lr": schedule.lr_at(global_step + max(step, 1) - 1) * optimizer.param_groups[0].get("lr_scale", 1.0),
     }
+
+
+def recover_from_faults(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    checkpoint: str | Path,
+    policy: FaultPolicy,
+    rollbacks: int,
+) -> dict[str, Any]:
+    """The `rollbacks`-th reaction to an epoch of repeated non-finite steps: reload model, loss and optimiser state
+    from `checkpoint` (the last good epoch; skipped if it does not exist yet) and scale every group's learning rate
+    by `policy.lr_factor`. The scale lives in the optimiser's param groups, so later checkpoints keep it."""
+    if rollbacks > policy.max_rollbacks:
+        lr_scale = optimizer.param_groups[0].get("lr_scale", 1.0)
+        raise TrainingDiverged(
+            f"training diverged: non-finite losses or gradients in {rollbacks} epochs despite "
+            f"{policy.max_rollbacks} rollbacks (learning rate now x{lr_scale:g}); lower optim.lr, set "
+            "optim.grad_clip, or check the data."
+        )
+    path = Path(checkpoint)
+    rolled_back = path.is_file()
+    if rolled_back:
+        state = load_checkpoint(path, map_location="cpu")
+        getattr(model, "_orig_mod", model).load_state_dict(state["model"])  # torch.compile wraps the module
+        loss_fn.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr_scale"] = group.get("lr_scale", 1.0) * policy.lr_factor
+    lr_scale = optimizer.param_groups[0]["lr_scale"]
+    where = f"reloaded {path}" if rolled_back else f"no {path.name} yet, weights kept"
+    print(f"warning: too many non-finite steps: {where}; learning rate x{lr_scale:g} from now on", flush=True)
+    return {"rolled_back": rolled_back, "lr_scale": lr_scale}

@@ -1,0 +1,134 @@
+"""Training images/s: a typical student pipeline against facerec's, same model, batch size, loss and device.
+
+student  torchvision ImageFolder + PIL decode + per-image transforms (flip, ToTensor, Normalize) in DataLoader
+         workers; fp32, NCHW; `loss.item()` every step, as the starter notebooks' progress bars do.
+facerec  the training images decoded once into a uint8 tensor (a pack, memory-mapped, or the decoded-image cache),
+         batches by indexing, batched augmentation on the device ("standard" preset), channels_last where the
+         trainer uses it, bf16 autocast on CUDA; the step is facerec.engine.train.train_one_epoch itself.
+Both train FaceEmbedder(MODEL) with the softmax loss and SGD (momentum 0.9); `--warmup` steps are run first and
+not timed. The one-off decode of the dataset is reported separately (it is paid once, not every epoch).
+
+    python bench/train_throughput.py [--models resnet34,resnet18,facenet_s] [--steps 10] [--batch-size 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+import torch
+from _common import data_root, decoded_images, device_from, hardware, sync, train_dir
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+from torchvision.datasets import ImageFolder
+
+from facerec.data.augment import get_preset
+from facerec.engine.schedule import LRSchedule
+from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
+from facerec.losses.base import build_combined_loss
+from facerec.models.embedder import FaceEmbedder
+from facerec.pipeline import use_channels_last
+
+
+def _parts(model_name: str, classes: int, size: int, device: torch.device, channels_last: bool):
+    torch.manual_seed(0)
+    model = FaceEmbedder(model_name, 256, image_size=size)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    loss = build_combined_loss([("softmax", 1.0, {})], embedding_dim=256, num_classes=classes).to(device)
+    return model, loss, build_optimizer(model, loss, "sgd", 0.01, 5e-4)
+
+
+def student(args: argparse.Namespace, model_name: str, device: torch.device) -> float:
+    """images/s of the ImageFolder + DataLoader + fp32 loop."""
+    tf = T.Compose([T.Resize((args.image_size, args.image_size)), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize([0.5] * 3, [0.5] * 3)])
+    data = ImageFolder(str(train_dir(data_root(args.data))), transform=tf)
+    loader = DataLoader(data, args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True,
+                        pin_memory=device.type == "cuda")
+    model, loss_fn, opt = _parts(model_name, len(data.classes), args.image_size, device, channels_last=False)
+    model.train()
+    batches = iter(loader)
+
+    def step() -> float:
+        x, y = next(batches)
+        x, y = x.to(device), y.to(device)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    return args.steps * args.batch_size / (time.perf_counter() - t0)
+
+
+def ours(args: argparse.Namespace, model_name: str, device: torch.device, images) -> float:
+    """images/s of facerec's training step on the decoded uint8 tensor."""
+    cl = use_channels_last("auto", device)
+    model, loss_fn, opt = _parts(model_name, len(images.classes), args.image_size, device, cl)
+    pin = device.type == "cuda"
+    gen = torch.Generator().manual_seed(0)
+    aug_gen = torch.Generator(device=device).manual_seed(0)
+
+    def batches():
+        while True:
+            for idx in torch.randperm(len(images), generator=gen).split(args.batch_size)[:-1]:
+                x, y = images.images[idx], images.labels[idx]
+                yield (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+
+    stream = batches()
+    schedule = LRSchedule(0.01, 1, args.warmup + args.steps, "constant")
+
+    def run(n: int) -> None:
+        opts = StepOptions(device, amp=device.type == "cuda", channels_last=cl, log_every=10**9, max_steps=n)
+        train_one_epoch(model, loss_fn, stream, n, opt, schedule, 0, get_preset("standard"), aug_gen, opts)
+
+    if args.warmup:
+        run(args.warmup)
+    sync(device)
+    t0 = time.perf_counter()
+    run(args.steps)  # ends with .item(): the device has finished
+    return args.steps * args.batch_size / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="HW2P2 root or identity folders (default $FACEREC_DATA, ../shared/data/facehw)")
+    p.add_argument("--pack", help="a pack made by `facerec pack` (default: the decoded-image cache)")
+    p.add_argument("--models", default="resnet34,resnet18,facenet_s")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="student DataLoader workers")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+    device = device_from(args.device)
+    if device.type == "cuda":  # as `facerec train` does
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    images, source = decoded_images(data_root(args.data), args.image_size, args.pack)
+    print(f"device {device}: {hardware(device)}")
+    print(f"facerec images: {source}; batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; "
+          f"student DataLoader workers {args.workers}; facerec channels_last {use_channels_last('auto', device)}, "
+          f"bf16 {device.type == 'cuda'}")
+    print(f"{'model':<10} {'student img/s':>14} {'facerec img/s':>14} {'ratio':>7}")
+    ratios = []
+    for name in args.models.split(","):
+        s = student(args, name, device)
+        o = ours(args, name, device, images)
+        ratios.append(o / s)
+        print(f"{name:<10} {s:>14.1f} {o:>14.1f} {o / s:>6.2f}x", flush=True)
+    gmean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    print(f"ratio facerec / student (geometric mean over {len(ratios)} models): {gmean:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
