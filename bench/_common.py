@@ -52,16 +52,32 @@ def decoded_images(root: Path, image_size: int, pack: str | None) -> tuple[Image
     """The training images as one uint8 tensor: from a pack (memory-mapped), else decoded once via the cache."""
     if pack or is_pack(root):
         return open_pack(pack or root, image_size, log=lambda m: None), f"pack {pack or root}"
-    t0 = time.perf_counter()
+    t0, messages = time.perf_counter(), []
     images = load_identity_folders(train_dir(root), image_size, num_workers=os.cpu_count() or 2,
-                                   log=lambda m: None)
-    return images, f"decoded-image cache (loaded or decoded in {time.perf_counter() - t0:.1f}s, once)"
+                                   log=messages.append)
+    how = "read from the decoded-image cache" if any("cache" in m for m in messages) else "decoded"
+    return images, f"{how} in {time.perf_counter() - t0:.1f}s (once per dataset, not per epoch)"
 
 
 def device_from(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+class Timer:
+    """CPU seconds of this process (all its threads) and wall seconds of a block. Images per CPU-second is the
+    rate per core that other processes competing for the cores do not distort (with one thread and no workers)."""
+
+    def __enter__(self) -> Timer:
+        self.cpu, self.wall = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu, self.wall = time.process_time() - self.cpu, time.perf_counter() - self.wall
+
+    def rates(self, n: int) -> tuple[float, float]:
+        return n / max(self.cpu, 1e-9), n / max(self.wall, 1e-9)
 
 
 def sync(device: torch.device) -> None:

@@ -6,7 +6,9 @@ packed   a random batch indexed out of the decoded (N, S, S, 3) uint8 array, con
          [-1, 1] and augmented in one batched call: "flip" (the student's augmentation) and "standard" (flip +
          affine jitter + colour, what `facerec train` uses by default).
 The same --images images (a random subset of the training split) in each; decoding them into the array once
-(what `facerec pack` does) is timed too. One torch thread, so the numbers are per core.
+(what `facerec pack` does) is timed too. One torch thread; the rate is images per CPU-second of this process
+(time.process_time), i.e. per core, which other processes competing for the cores do not distort; wall-clock
+rates are printed beside it.
 
     python bench/datapath.py [--images 4096] [--batch-size 256]
 """
@@ -14,10 +16,9 @@ The same --images images (a random subset of the training split) in each; decodi
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from _common import data_root, hardware, train_dir
+from _common import Timer, data_root, hardware, train_dir
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
@@ -26,28 +27,24 @@ from facerec.data.augment import augment, get_preset, to_input
 from facerec.data.folder import load_images
 
 
-def rate(n: int, seconds: float) -> float:
-    return n / seconds if seconds > 0 else float("inf")
-
-
-def student(data: ImageFolder, idx: list[int], batch: int, size: int) -> float:
+def student(data: ImageFolder, idx: list[int], batch: int, size: int) -> tuple[float, float]:
     data.transform = T.Compose([T.Resize((size, size)), T.RandomHorizontalFlip(), T.ToTensor(),
                                 T.Normalize([0.5] * 3, [0.5] * 3)])
     loader = DataLoader(Subset(data, idx), batch, shuffle=True, num_workers=0)
-    t0 = time.perf_counter()
-    n = sum(x.shape[0] for x, _ in loader)
-    return rate(n, time.perf_counter() - t0)
+    with Timer() as t:
+        n = sum(x.shape[0] for x, _ in loader)
+    return t.rates(n)
 
 
-def packed(images: torch.Tensor, batch: int, preset: str, rounds: int = 3) -> float:
+def packed(images: torch.Tensor, batch: int, preset: str, rounds: int = 3) -> tuple[float, float]:
     spec, gen = get_preset(preset), torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
     n = 0
-    for _ in range(rounds):  # several epochs over the subset: the array is reused, never decoded again
-        for idx in torch.randperm(len(images), generator=gen).split(batch):
-            x = augment(to_input(images[idx]), spec, gen)
-            n += x.shape[0]
-    return rate(n, time.perf_counter() - t0)
+    with Timer() as t:
+        for _ in range(rounds):  # several epochs over the subset: the array is reused, never decoded again
+            for idx in torch.randperm(len(images), generator=gen).split(batch):
+                x = augment(to_input(images[idx]), spec, gen)
+                n += x.shape[0]
+    return t.rates(n)
 
 
 def main() -> None:
@@ -63,19 +60,21 @@ def main() -> None:
     print(f"cpu: {hardware(torch.device('cpu'))}")
     print(f"{len(idx)} images of {data.root}, batch {args.batch_size}, 1 thread")
 
-    t0 = time.perf_counter()
-    array, failed = load_images([data.samples[i][0] for i in idx], args.image_size, num_workers=1)
-    decode = rate(len(idx), time.perf_counter() - t0)
+    with Timer() as t:
+        array, failed = load_images([data.samples[i][0] for i in idx], args.image_size, num_workers=1)
+    decode = t.rates(len(idx))
     images = torch.from_numpy(array)
     s = student(data, idx, args.batch_size, args.image_size)
     flip = packed(images, args.batch_size, "flip")
     standard = packed(images, args.batch_size, "standard")
-    print(f"{'path':<44} {'images/s/core':>14}")
-    print(f"{'student: ImageFolder + PIL + ToTensor (flip)':<44} {s:>14.0f}")
-    print(f"{'one-off decode into the array (facerec pack)':<44} {decode:>14.0f}")
-    print(f"{'packed: index + to_input + flip':<44} {flip:>14.0f}")
-    print(f"{'packed: index + to_input + standard augment':<44} {standard:>14.0f}")
-    print(f"ratio packed / student, per core: {flip / s:.1f}x (flip), {standard / s:.1f}x (standard augmentation)")
+    print(f"{'path':<46} {'img/CPU-s':>10} {'img/s wall':>11}")
+    for label, (cpu, wall) in [("student: ImageFolder + PIL + ToTensor (flip)", s),
+                               ("one-off decode into the array (facerec pack)", decode),
+                               ("packed: index + to_input + flip", flip),
+                               ("packed: index + to_input + standard augment", standard)]:
+        print(f"{label:<46} {cpu:>10.0f} {wall:>11.0f}")
+    print(f"ratio packed / student, images per CPU-second: {flip[0] / s[0]:.1f}x (flip), "
+          f"{standard[0] / s[0]:.1f}x (standard augmentation)")
 
 
 if __name__ == "__main__":

@@ -56,13 +56,28 @@ def images_per_epoch(overrides: list[str], n_images: int, n_classes: int) -> int
     return (n_images // 256) * 256
 
 
-def run_one(name: str, overrides: list[str], out: Path, budget: int, n_images: int, n_classes: int,
-            max_per_class: int, init_from: str = "") -> dict:
+def run_one(
+    name: str,
+    overrides: list[str],
+    out: Path,
+    budget: int,
+    n_images: int,
+    n_classes: int,
+    max_per_class: int,
+    init_from: str = "",
+) -> dict:
     epochs = max(1, math.ceil(budget / images_per_epoch(overrides, n_images, n_classes)))
     run = out / name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "_")
-    base = ["model.backbone=facenet_s", "model.neck=flatten", f"data.max_per_class={max_per_class}",
-            f"train.epochs={epochs}", f"train.eval_every={epochs}", "train.log_every=1000", "train.seed=0",
-            "optim.warmup_epochs=0.3"]
+    base = [
+        "model.backbone=facenet_s",
+        "model.neck=flatten",
+        f"data.max_per_class={max_per_class}",
+        f"train.epochs={epochs}",
+        f"train.eval_every={epochs}",
+        "train.log_every=1000",
+        "train.seed=0",
+        "optim.warmup_epochs=0.3",
+    ]
     if init_from:
         base.append(f"train.init_from={init_from}")
     cmd = [sys.executable, "-m", "facerec", "train", "--data", str(DATA), "--out", str(run), *base, *overrides]
@@ -75,9 +90,14 @@ def run_one(name: str, overrides: list[str], out: Path, budget: int, n_images: i
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
         last = [r for r in records if r["event"] == "epoch"][-1]
         start = next(r for r in records if r["event"] == "start")
-        row.update(val_auc=last.get("val_auc"), val_acc=last.get("val_acc"), val_eer=last.get("val_eer"),
-                   train_s=sum(r["train_time_s"] for r in records if r["event"] == "epoch"),
-                   scoring=start.get("scoring"), images_per_s=last.get("images_per_s"))
+        row.update(
+            val_auc=last.get("val_auc"),
+            val_acc=last.get("val_acc"),
+            val_eer=last.get("val_eer"),
+            train_s=sum(r["train_time_s"] for r in records if r["event"] == "epoch"),
+            scoring=start.get("scoring"),
+            images_per_s=last.get("images_per_s"),
+        )
     else:
         row["error"] = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
     print(json.dumps(row), flush=True)
@@ -111,8 +131,14 @@ def write_results(rows: list[dict], out: Path, args: argparse.Namespace) -> None
     ax.set_title(f"Loss study: facenet_s, {args.images:,} training images per loss, seed 0")
     fig.tight_layout()
     fig.savefig(REPO / "docs" / "loss_study.png", dpi=110)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     lines = [
         "<!-- study:begin -->",
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({cpu}), torch threads = cores, "
@@ -120,7 +146,7 @@ def write_results(rows: list[dict], out: Path, args: argparse.Namespace) -> None
         f"{args.images:,} training images per loss from facehw train_data (at most {args.max_per_class} per "
         "identity), facenet_s + flatten neck, 256-d embedding, SGD lr 0.1 with warm-up and cosine decay, "
         "standard augmentation, seed 0; evaluated on facehw val (998 images, accuracy) and its 3,200 val pairs "
-        "(AUC, EER) with flip TTA and each loss's own scoring. \"arcface (after CE)\" trains ArcFace for the "
+        '(AUC, EER) with flip TTA and each loss\'s own scoring. "arcface (after CE)" trains ArcFace for the '
         "budget starting from the softmax run's weights (so it has seen twice the images). One seed, small "
         "budget: differences of 0.01 AUC are within noise.",
         "",
@@ -129,8 +155,10 @@ def write_results(rows: list[dict], out: Path, args: argparse.Namespace) -> None
     ]
     for i, r in enumerate(ok, 1):
         acc = "—" if r.get("val_acc") is None else f"{100 * r['val_acc']:.1f}%"
-        lines.append(f"| {i} | {r['loss']} | {r['val_auc']:.4f} | {r['val_eer']:.4f} | {acc} | {r['scoring']} | "
-                     f"{r['epochs']} | {r['train_s']:.0f} | {r['images_per_s']:.0f} |")
+        lines.append(
+            f"| {i} | {r['loss']} | {r['val_auc']:.4f} | {r['val_eer']:.4f} | {acc} | {r['scoring']} | "
+            f"{r['epochs']} | {r['train_s']:.0f} | {r['images_per_s']:.0f} |"
+        )
     for r in rows:
         if r.get("val_auc") is None:
             lines.append(f"| — | {r['loss']} | failed: {r.get('error')} | | | | | | |")
@@ -140,7 +168,7 @@ def write_results(rows: list[dict], out: Path, args: argparse.Namespace) -> None
     begin, end = text.find("<!-- study:begin -->"), text.find("<!-- study:end -->")
     block = "\n".join(lines)
     if begin >= 0 and end > begin:
-        text = text[:begin] + block + text[end + len("<!-- study:end -->"):]
+        text = text[:begin] + block + text[end + len("<!-- study:end -->") :]
     else:
         text = text.rstrip() + "\n\n## Study: which loss wins\n\n" + block + "\n"
     doc.write_text(text)

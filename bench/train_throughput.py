@@ -7,6 +7,10 @@ facerec  the training images decoded once into a uint8 tensor (a pack, memory-ma
          trainer uses it, bf16 autocast on CUDA; the step is facerec.engine.train.train_one_epoch itself.
 Both train FaceEmbedder(MODEL) with the softmax loss and SGD (momentum 0.9); `--warmup` steps are run first and
 not timed. The one-off decode of the dataset is reported separately (it is paid once, not every epoch).
+On CUDA the rate is wall-clock images/s, with --workers DataLoader workers (default: all cores). On CPU the default
+is one torch thread and no workers (decoding in the training process, where it competes for the same cores anyway),
+and the rate that counts is images per CPU-second of the process: per core, and not distorted by other processes
+competing for the cores. Wall-clock rates are printed beside it.
 
     python bench/train_throughput.py [--models resnet34,resnet18,facenet_s] [--steps 10] [--batch-size 128]
 """
@@ -16,10 +20,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import time
 
 import torch
-from _common import data_root, decoded_images, device_from, hardware, sync, train_dir
+from _common import Timer, data_root, decoded_images, device_from, hardware, sync, train_dir
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
@@ -40,7 +43,7 @@ def _parts(model_name: str, classes: int, size: int, device: torch.device, chann
     return model, loss, build_optimizer(model, loss, "sgd", 0.01, 5e-4)
 
 
-def student(args: argparse.Namespace, model_name: str, device: torch.device) -> float:
+def student(args: argparse.Namespace, model_name: str, device: torch.device) -> tuple[float, float]:
     """images/s of the ImageFolder + DataLoader + fp32 loop."""
     tf = T.Compose([T.Resize((args.image_size, args.image_size)), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize([0.5] * 3, [0.5] * 3)])
@@ -63,13 +66,13 @@ def student(args: argparse.Namespace, model_name: str, device: torch.device) -> 
     for _ in range(args.warmup):
         step()
     sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    return args.steps * args.batch_size / (time.perf_counter() - t0)
+    with Timer() as t:
+        for _ in range(args.steps):
+            step()  # ends with .item(): the device has finished
+    return t.rates(args.steps * args.batch_size)
 
 
-def ours(args: argparse.Namespace, model_name: str, device: torch.device, images) -> float:
+def ours(args: argparse.Namespace, model_name: str, device: torch.device, images) -> tuple[float, float]:
     """images/s of facerec's training step on the decoded uint8 tensor."""
     cl = use_channels_last("auto", device)
     model, loss_fn, opt = _parts(model_name, len(images.classes), args.image_size, device, cl)
@@ -93,9 +96,9 @@ def ours(args: argparse.Namespace, model_name: str, device: torch.device, images
     if args.warmup:
         run(args.warmup)
     sync(device)
-    t0 = time.perf_counter()
-    run(args.steps)  # ends with .item(): the device has finished
-    return args.steps * args.batch_size / (time.perf_counter() - t0)
+    with Timer() as t:
+        run(args.steps)  # ends with .item(): the device has finished
+    return t.rates(args.steps * args.batch_size)
 
 
 def main() -> None:
@@ -107,10 +110,17 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="student DataLoader workers")
+    p.add_argument("--workers", type=int, help="student DataLoader workers (default: 0 on CPU, all cores on CUDA)")
+    p.add_argument("--threads", type=int, help="torch threads (default: 1 on CPU, torch's default on CUDA)")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
     device = device_from(args.device)
+    cpu = device.type == "cpu"
+    if args.workers is None:
+        args.workers = 0 if cpu else os.cpu_count() or 2
+    if args.threads or cpu:
+        torch.set_num_threads(args.threads or 1)
+    per_cpu = cpu and args.workers == 0  # images per CPU-second is complete only without worker processes
     if device.type == "cuda":  # as `facerec train` does
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -119,15 +129,17 @@ def main() -> None:
     print(f"facerec images: {source}; batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; "
           f"student DataLoader workers {args.workers}; facerec channels_last {use_channels_last('auto', device)}, "
           f"bf16 {device.type == 'cuda'}")
-    print(f"{'model':<10} {'student img/s':>14} {'facerec img/s':>14} {'ratio':>7}")
+    unit = "img/CPU-s" if per_cpu else "img/s"
+    print(f"{'model':<10} {'student ' + unit:>18} {'facerec ' + unit:>18} {'ratio':>7}   (wall img/s)")
     ratios = []
     for name in args.models.split(","):
         s = student(args, name, device)
         o = ours(args, name, device, images)
-        ratios.append(o / s)
-        print(f"{name:<10} {s:>14.1f} {o:>14.1f} {o / s:>6.2f}x", flush=True)
+        k = 0 if per_cpu else 1
+        ratios.append(o[k] / s[k])
+        print(f"{name:<10} {s[k]:>18.1f} {o[k]:>18.1f} {ratios[-1]:>6.2f}x   ({s[1]:.1f}, {o[1]:.1f})", flush=True)
     gmean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-    print(f"ratio facerec / student (geometric mean over {len(ratios)} models): {gmean:.2f}x")
+    print(f"ratio facerec / student, {unit} (geometric mean over {len(ratios)} models): {gmean:.2f}x")
 
 
 if __name__ == "__main__":

@@ -46,10 +46,12 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(12, 8, generator=g).requires_grad_(), torch.arange(3).repeat_interleave(4)
 
 
-def make_identity_folder(root: Path, identities: list[str], per_identity: int, size: int = 16, seed: int = 0) -> Path:
+def make_identity_folder(
+    root: Path, identities: list[str], per_identity: int, size: int = 16, seed: int = 0
+) -> Path:
     """root/<identity>/<i>.jpg with noise images whose mean colour depends on the identity (learnable)."""
     rng = np.random.default_rng(seed)
-    for n, identity in enumerate(identities):
+    for identity in identities:
         (root / identity).mkdir(parents=True, exist_ok=True)
         base = rng.integers(40, 216, 3)
         for i in range(per_identity):
@@ -107,7 +109,7 @@ def make_hw2p2(root: Path, n_ids: int = 6, per_id: int = 8, size: int = 16, seed
         line = f"verification_data/{a} verification_data/{b}"
         lines_val.append(f"{line} {int(owner[a] == owner[b])}")
         lines_test.append(line)
-    for k, a in enumerate(names[: n_ids]):  # make sure some positives exist
+    for k, a in enumerate(names[:n_ids]):  # make sure some positives exist
         b = names[k + n_ids]
         lines_val.append(f"verification_data/{a} verification_data/{b} 1")
     (root / "verification_pairs_val.txt").write_text("\n".join(lines_val) + "\n")

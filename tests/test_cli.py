@@ -13,8 +13,15 @@ import facerec
 from facerec.cli import main
 from facerec.engine.progress import read_metrics
 
-TINY = ["model.backbone=tiny_cnn", "model.embedding_dim=32", "data.image_size=16", "data.batch_size=16",
-        "optim.lr=0.05", "train.log_every=2", "optim.warmup_epochs=0"]
+TINY = [
+    "model.backbone=tiny_cnn",
+    "model.embedding_dim=32",
+    "data.image_size=16",
+    "data.batch_size=16",
+    "optim.lr=0.05",
+    "train.log_every=2",
+    "optim.warmup_epochs=0",
+]
 
 
 @pytest.fixture
@@ -51,7 +58,10 @@ def test_evaluate_json_and_predict_submissions(trained: Path, hw2p2_dir: Path, t
     assert result["auc"] > 0.75
 
     out = tmp_path / "sub"
-    assert main(["predict", "--checkpoint", str(trained / "best.pt"), "--data", str(hw2p2_dir), "--out", str(out)]) == 0
+    assert (
+        main(["predict", "--checkpoint", str(trained / "best.pt"), "--data", str(hw2p2_dir), "--out", str(out)])
+        == 0
+    )
     rows = list(csv.reader((out / "classification_submission.csv").open()))
     assert rows[0] == ["id", "label"]
     assert [r[0] for r in rows[1:]] == [f"{n}.jpg" for n in range(12)]  # the sample's (numeric) order

@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from facerec.config import Config, ConfigError, config_from_dict, config_to_dict, known_keys, load_config, save_config
+from facerec.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    known_keys,
+    load_config,
+    save_config,
+)
 
 
 def test_defaults_then_file_then_overrides(tmp_path):

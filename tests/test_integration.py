@@ -25,11 +25,23 @@ def test_every_recipe_learns_on_a_real_slice(recipe, facehw, tmp_path, cache):
     """Each recipe's loss, sampler and optimiser settings, on 16 real identities x 8 images, with the tiny backbone
     so that CI can afford it: training accuracy (or, for losses without a classifier, the loss) must move well
     away from chance. Margin warm-up is shortened so the full margin is in force for the last epochs."""
-    cfg = load_config(recipe_path(recipe), [
-        f"data.root={facehw / 'classification_data' / 'train_data'}", "data.max_classes=16", "data.max_per_class=8",
-        "data.p=8", "data.k=4", "data.batch_size=32", "model.backbone=tiny_cnn", "train.epochs=8",
-        "train.log_every=1000", "optim.warmup_epochs=0.5", "train.device=cpu", "train.compile=false",
-    ])
+    cfg = load_config(
+        recipe_path(recipe),
+        [
+            f"data.root={facehw / 'classification_data' / 'train_data'}",
+            "data.max_classes=16",
+            "data.max_per_class=8",
+            "data.p=8",
+            "data.k=4",
+            "data.batch_size=32",
+            "model.backbone=tiny_cnn",
+            "train.epochs=8",
+            "train.log_every=1000",
+            "optim.warmup_epochs=0.5",
+            "train.device=cpu",
+            "train.compile=false",
+        ],
+    )
     if "margin_warmup_epochs" in cfg.loss.params:
         cfg.loss.params["margin_warmup_epochs"] = 2
     train(cfg, tmp_path / "run", log=lambda m: None)
@@ -43,12 +55,20 @@ def test_every_recipe_learns_on_a_real_slice(recipe, facehw, tmp_path, cache):
 
 @pytest.mark.data
 def test_short_cpu_run_beats_chance_on_val_pairs(facehw, tmp_path, cache):
-    """The CPU recipe on 120 identities x 12 images for 3 epochs: val pair AUC well above 0.5 (open set: none of the
-    verification identities is in training)."""
-    cfg = load_config(recipe_path("cpu"), [
-        f"data.root={facehw}", "data.max_classes=120", "data.max_per_class=12", "train.epochs=3",
-        "train.eval_every=3", "train.log_every=1000", "train.device=cpu",
-    ])
+    """The CPU recipe on 120 identities x 12 images for 3 epochs: val pair AUC well above 0.5 (open set: none of
+    the verification identities is in training)."""
+    cfg = load_config(
+        recipe_path("cpu"),
+        [
+            f"data.root={facehw}",
+            "data.max_classes=120",
+            "data.max_per_class=12",
+            "train.epochs=3",
+            "train.eval_every=3",
+            "train.log_every=1000",
+            "train.device=cpu",
+        ],
+    )
     train(cfg, tmp_path / "run", log=lambda m: None)
     epochs = [r for r in read_metrics(tmp_path / "run") if r["event"] == "epoch"]
     assert max(r["val_auc"] for r in epochs) > 0.62

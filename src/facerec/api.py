@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from facerec.losses.base import CombinedLoss
 from facerec.metrics.verification import pair_scores
 from facerec.models.embedder import FaceEmbedder
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray]
+ImageLike = str | Path | Image.Image | np.ndarray
 
 
 @dataclass
@@ -40,8 +40,17 @@ def _float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class FaceModel:
     """A trained face model ready for inference on 64x64-style aligned face crops (any size is resized)."""
 
-    def __init__(self, model: FaceEmbedder, loss_fn: CombinedLoss, cfg: Config, classes: list[str], scoring: str,
-                 threshold: float | None = None, prototypes: torch.Tensor | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: FaceEmbedder,
+        loss_fn: CombinedLoss,
+        cfg: Config,
+        classes: list[str],
+        scoring: str,
+        threshold: float | None = None,
+        prototypes: torch.Tensor | None = None,
+        device: str = "cpu",
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.loss_fn = loss_fn.to(self.device).eval()
@@ -61,8 +70,16 @@ class FaceModel:
         loss_fn = build_loss_fn(cfg, len(state["classes"]))
         loss_fn.load_state_dict(_float32(state["loss"]))
         protos = state.get("prototypes")
-        return cls(model, loss_fn, cfg, list(state["classes"]), state.get("scoring", "cosine"),
-                   state.get("threshold"), None if protos is None else protos.float(), device)
+        return cls(
+            model,
+            loss_fn,
+            cfg,
+            list(state["classes"]),
+            state.get("scoring", "cosine"),
+            state.get("threshold"),
+            None if protos is None else protos.float(),
+            device,
+        )
 
     def _as_uint8(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
@@ -77,8 +94,11 @@ class FaceModel:
                 img = item if isinstance(item, Image.Image) else Image.fromarray(np.asarray(item))
                 arr = np.asarray(img.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR))
             arrays.append(arr)
-        return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, self.image_size, self.image_size, 3,
-                                                                             dtype=torch.uint8)
+        return (
+            torch.from_numpy(np.stack(arrays))
+            if arrays
+            else torch.zeros(0, self.image_size, self.image_size, 3, dtype=torch.uint8)
+        )
 
     def embed(self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True) -> torch.Tensor:
         """Images (paths, PIL images, HxWx3 arrays, or a uint8 (N,S,S,3) tensor) -> (N, D) embeddings."""
@@ -104,6 +124,11 @@ class FaceModel:
         return [[(self.classes[int(i)], float(v)) for v, i in zip(vals, idx)] for vals, idx in zip(*top)]
 
     def info(self) -> dict[str, Any]:
-        return {"backbone": self.config.model.backbone, "embedding_dim": self.config.model.embedding_dim,
-                "loss": self.config.loss.name, "scoring": self.scoring, "classes": len(self.classes),
-                "threshold": self.threshold}
+        return {
+            "backbone": self.config.model.backbone,
+            "embedding_dim": self.config.model.embedding_dim,
+            "loss": self.config.loss.name,
+            "scoring": self.scoring,
+            "classes": len(self.classes),
+            "threshold": self.threshold,
+        }

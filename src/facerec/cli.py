@@ -61,6 +61,7 @@ def _add_misc(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image_a")
     p.add_argument("image_b")
     p.add_argument("--threshold", type=float)
+    p.add_argument("--align", action="store_true", help="detect and align faces in raw photos first (MTCNN)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("list", help="list registered losses, backbones or shipped recipes")
     p.add_argument("what", choices=["losses", "backbones", "recipes"])
@@ -77,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_pack(sub)
     _add_misc(sub)
+    from facerec import cli_photos, cli_serve
+
+    cli_photos.add_parsers(sub)
+    cli_serve.add_parsers(sub)
     return parser
 
 
@@ -153,7 +158,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     fm = FaceModel.load(args.checkpoint)
     thr = args.threshold if args.threshold is not None else fm.threshold
-    score = fm.score(args.image_a, args.image_b)
+    a, b = args.image_a, args.image_b
+    if args.align:  # raw photos: detect, then align to the training framing
+        from facerec.align import FaceAligner, load_faces
+
+        a, b = load_faces([a, b], FaceAligner())
+    score = fm.score(a, b)
     same = None if thr is None else score >= thr
     if args.json:
         print(json.dumps({"score": score, "threshold": thr, "same": same, "scoring": fm.scoring}))
@@ -186,6 +196,10 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "eval": cmd_evaluate, 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from facerec import cli_photos, cli_serve
+
+    COMMANDS.update(cli_photos.COMMANDS)
+    COMMANDS.update(cli_serve.COMMANDS)
     from facerec.config import ConfigError
     from facerec.data.folder import DataError
     from facerec.engine.checkpoint import CheckpointError

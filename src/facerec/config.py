@@ -6,7 +6,6 @@ YAML is read with `yaml.safe_load` only; values from the command line are parsed
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass

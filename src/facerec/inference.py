@@ -29,8 +29,14 @@ def evaluate_split(fm: FaceModel, split_dir: str | Path, flip: bool = True, log=
     return {"accuracy": m["acc"], "top5": m["top5"], "n_images": len(data)}
 
 
-def evaluate_pair_file(fm: FaceModel, pairs_file: str | Path, root: str | Path, verification_dir: Path | None = None,
-                       scoring: str | None = None, flip: bool = True) -> dict[str, float]:
+def evaluate_pair_file(
+    fm: FaceModel,
+    pairs_file: str | Path,
+    root: str | Path,
+    verification_dir: Path | None = None,
+    scoring: str | None = None,
+    flip: bool = True,
+) -> dict[str, float]:
     pairs = load_pairset(pairs_file, root, verification_dir, fm.image_size)
     if pairs.labels is None:
         raise DataError(f"{pairs_file} has no labels (lines `a b`); evaluation needs `a b label` lines")
@@ -38,8 +44,9 @@ def evaluate_pair_file(fm: FaceModel, pairs_file: str | Path, root: str | Path, 
     return {**m, "scoring": scoring or fm.scoring}
 
 
-def evaluate_dataset(fm: FaceModel, data: str | Path, scoring: str | None = None, flip: bool = True,
-                     log=print) -> dict[str, Any]:
+def evaluate_dataset(
+    fm: FaceModel, data: str | Path, scoring: str | None = None, flip: bool = True, log=print
+) -> dict[str, Any]:
     """Everything labelled that a dataset folder holds: the val split (accuracy) and val pairs (AUC, ...)."""
     layout = detect_layout(data)
     out: dict[str, Any] = {}
@@ -53,8 +60,9 @@ def evaluate_dataset(fm: FaceModel, data: str | Path, scoring: str | None = None
     return out
 
 
-def write_submissions(fm: FaceModel, data: str | Path, out_dir: str | Path, flip: bool = True,
-                      log=print) -> list[Path]:
+def write_submissions(
+    fm: FaceModel, data: str | Path, out_dir: str | Path, flip: bool = True, log=print
+) -> list[Path]:
     """classification_submission.csv and verification_submission.csv, in the sample submissions' row order."""
     layout = detect_layout(data)
     out_dir = Path(out_dir)
@@ -66,12 +74,15 @@ def write_submissions(fm: FaceModel, data: str | Path, out_dir: str | Path, flip
             paths = [layout.test / i for i in ids]
             missing = [p for p in paths if not p.exists()]
             if missing:
-                raise DataError(f"{len(missing)} test images named in {layout.class_sample} are missing, "
-                                f"e.g. {missing[0]}")
+                raise DataError(
+                    f"{len(missing)} test images named in {layout.class_sample} are missing, e.g. {missing[0]}"
+                )
         else:
             paths = list_flat_images(layout.test)
             ids = [p.name for p in paths]
-        scores = class_scores(fm.embed(load_flat_images(paths, fm.image_size), flip=flip), fm.loss_fn, fm.prototypes)
+        scores = class_scores(
+            fm.embed(load_flat_images(paths, fm.image_size), flip=flip), fm.loss_fn, fm.prototypes
+        )
         labels = [fm.classes[i] for i in scores.argmax(1).tolist()]
         path = out_dir / "classification_submission.csv"
         write_classification_csv(path, ids, labels, layout.class_sample)

@@ -39,7 +39,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise CheckpointError(f"could not write checkpoint {path}: {err}; free disk space or choose another --out") from err
+            raise CheckpointError(
+                f"could not write checkpoint {path}: {err}; free disk space or choose another --out"
+            ) from err
         raise
     return path
 
@@ -76,8 +78,19 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-INFERENCE_KEYS = ("config", "classes", "model", "loss", "scoring", "threshold", "threshold_source", "prototypes",
-                  "metrics", "epoch")
+INFERENCE_KEYS = (
+    "config",
+    "classes",
+    "model",
+    "loss",
+    "scoring",
+    "threshold",
+    "threshold_source",
+    "threshold_far",
+    "prototypes",
+    "metrics",
+    "epoch",
+)
 
 
 def export_inference(src: str | Path, dst: str | Path, half: bool = False) -> Path:

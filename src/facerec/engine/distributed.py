@@ -90,7 +90,9 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        bind = device.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
+                                **({"device_id": device} if bind else {}))  # NCCL: this rank's GPU, known up front
     return DistContext(rank, world, local), device
 
 

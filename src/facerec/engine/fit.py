@@ -65,10 +65,26 @@ class FitParts:
     dist: DistContext = field(default_factory=DistContext)  # rank 0 alone validates, logs and writes files
 
 
-def _batches(train: ImageSet, sampler: Any, generator: torch.Generator, pin: bool):
-    for idx in sampler.batches(generator):
-        images, labels = train.images[idx], train.labels[idx]
-        yield (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
+def _batches(train: ImageSet, sampler: Any, generator: torch.Generator, device: torch.device):
+    """The epoch's (uint8 images (B, S, S, 3), labels (B,)) batches, without a host sync per step.
+
+    Images that live on the GPU (pipeline.py puts them there when they fit) are indexed there, the epoch's indices
+    and labels copied over once; host images are gathered into pinned memory so the copy to the GPU is async.
+    """
+    batches = list(sampler.batches(generator))
+    if not batches:
+        return
+    order, sizes = torch.cat(batches), [len(b) for b in batches]
+    labels = train.labels[order]
+    if train.images.device.type != "cpu":
+        order = order.pin_memory().to(train.images.device, non_blocking=True)
+        labels = labels.pin_memory().to(train.images.device, non_blocking=True)
+        yield from zip((train.images[i] for i in order.split(sizes)), labels.split(sizes), strict=True)
+        return
+    pin = device.type == "cuda"
+    for idx, y in zip(order.split(sizes), labels.split(sizes), strict=True):
+        x = train.images[idx]
+        yield (x.pin_memory(), y.pin_memory()) if pin else (x, y)
 
 
 def prototypes_for(parts: FitParts, per_class: int = 8) -> torch.Tensor | None:
@@ -133,7 +149,6 @@ def fit(
     main = parts.dist.is_main  # metrics is None on the other ranks
     progress = Progress(epochs, len(parts.sampler)) if main else None
     t_start = time.time()
-    pin = parts.opts.device.type == "cuda"
     rollbacks = 0  # epochs with too many non-finite steps (engine/train.py FaultPolicy)
     for epoch in range(state.epoch, epochs):
         torch.manual_seed(seed * 1_000_003 + epoch)
@@ -144,7 +159,7 @@ def fit(
         t0 = time.time()
         result = train_one_epoch(
             parts.train_model or parts.model, parts.train_loss or parts.loss_fn,
-            _batches(parts.train, parts.sampler, gen, pin), len(parts.sampler),
+            _batches(parts.train, parts.sampler, gen, parts.opts.device), len(parts.sampler),
             parts.optimizer, parts.schedule, state.global_step, parts.aug, aug_gen, parts.opts, progress, epoch,
             should_stop,
         )
@@ -154,7 +169,8 @@ def fit(
             result.update(images=result["images"] * parts.dist.world_size,
                           images_per_s=result["images_per_s"] * parts.dist.world_size)
         summary: dict[str, Any] = {"epoch": epoch + 1, **result}
-        if not interrupted and parts.opts.faults.triggered(result, parts.model):  # reload last.pt, lower LR
+        # reload last.pt, lower LR; rank 0 decides (BatchNorm buffers differ per rank): all ranks roll back
+        if not interrupted and parts.dist.broadcast(parts.opts.faults.triggered(result, parts.model)):
             rollbacks += 1
             summary.update(recover_from_faults(parts.model, parts.loss_fn, parts.optimizer, run_dir / "last.pt",
                                                parts.opts.faults, rollbacks))

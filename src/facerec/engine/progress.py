@@ -89,5 +89,8 @@ class Progress:
             if value is None:
                 continue
             parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
-        print(f"== epoch {epoch + 1}/{self.epochs} done in {format_duration(seconds)}: " + "  ".join(parts),
-              file=self.stream, flush=True)
+        print(
+            f"== epoch {epoch + 1}/{self.epochs} done in {format_duration(seconds)}: " + "  ".join(parts),
+            file=self.stream,
+            flush=True,
+        )

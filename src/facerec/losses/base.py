@@ -68,7 +68,7 @@ class CombinedLoss(EmbeddingLoss):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         total = embeddings.new_zeros(())
-        for w, term in zip(self.weights, self.terms):
+        for w, term in zip(self.weights, self.terms, strict=True):
             total = total + w * term(embeddings, labels)
         return total
 

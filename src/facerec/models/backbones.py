@@ -1,8 +1,8 @@
 """CNN trunks for 64x64 faces: ResNet-18/34/50 with a 3x3 stride-1 stem and no max-pool, and small CPU networks.
 
-Every backbone maps (B, 3, H, W) -> a feature map (B, C, H/8, W/8) (H/16 for facenet_s) and sets `.num_features = C`. The small
-ImageNet stem (7x7 stride 2 + max-pool) would shrink a 64x64 face to 16x16 before the first block, so faces use
-the CIFAR-style stem instead, as HW2P2 recommends.
+Every backbone maps (B, 3, H, W) -> a feature map (B, C, H/8, W/8) (H/16 for facenet_s) and sets
+`.num_features = C`. The ImageNet stem (7x7 stride 2 + max-pool) would shrink a 64x64 face to 16x16 before the
+first block, so faces use the CIFAR-style stem instead, as HW2P2 recommends.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from facerec.registry import BACKBONES
 
 
 class ResNetTrunk(nn.Module):
-    """torchvision ResNet body with a 3x3 stride-1 stem, no max-pool and no classifier: (B,3,H,W) -> (B,C,H/8,W/8)."""
+    """torchvision ResNet body, 3x3 stride-1 stem, no max-pool, no classifier: (B,3,H,W) -> (B,C,H/8,W/8)."""
 
     def __init__(self, block: type[nn.Module], layers: list[int], widths: tuple[int, ...] = (64, 128, 256, 512)):
         super().__init__()

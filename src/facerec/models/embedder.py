@@ -19,7 +19,12 @@ class FaceEmbedder(nn.Module):
     """
 
     def __init__(
-        self, backbone: str, embedding_dim: int = 256, dropout: float = 0.0, neck: str = "pool", image_size: int = 64
+        self,
+        backbone: str,
+        embedding_dim: int = 256,
+        dropout: float = 0.0,
+        neck: str = "pool",
+        image_size: int = 64,
     ) -> None:
         super().__init__()
         if neck not in NECKS:

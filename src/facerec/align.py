@@ -1,0 +1,295 @@
+"""Real photos to training-style crops: MTCNN face detection + a 5-point similarity alignment to the 64x64 framing.
+
+The training data (facehw, HW2P2) are 64x64 crops aligned on five MTCNN landmarks with a similarity transform.
+`TEMPLATE_64` is where those landmarks sit in the training crops, measured on the data itself (docs/alignment.md),
+so a photo aligned here is framed like a training image. MTCNN comes from facenet-pytorch, which ships its
+weights inside the package (no download at run time); it is imported lazily, so everything else in facerec works
+without it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from facerec.data.folder import IMAGE_EXTENSIONS, MAX_PIXELS, DataError, is_hidden, is_image_name
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+# (x, y) in 64x64 pixel coordinates (continuous: the image spans [0, 64]), image-left eye first: left eye,
+# right eye, nose tip, left and right mouth corner. Measured on the data (docs/alignment.md): 145 lfw_tiny photos
+# registered onto their facehw crops give the dataset's own transform; our MTCNN landmarks mapped through it,
+# averaged. The mean landmarks MTCNN finds in facehw crops (`measure_template`) agree within 0.4 px.
+TEMPLATE_64 = np.array(
+    [[23.10, 30.40], [41.33, 30.23], [32.43, 41.14], [24.44, 50.35], [40.18, 50.26]], dtype=np.float64
+)
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+INSTALL_HINT = ("face detection needs facenet-pytorch; install it without its outdated torch pins: "
+                "pip install --no-deps facenet-pytorch==2.6.0 && pip install requests tqdm")
+_MIN_WARP_SCALE = 0.4  # below this the photo is first shrunk with antialiasing (bilinear warps alias)
+_SMALL = 160  # images with a shorter side are upscaled (and padded) before detection: crops fill the frame
+
+
+class Face(NamedTuple):
+    """One detection: box (4,) x1 y1 x2 y2, MTCNN probability, landmarks (5, 2) (x, y) as in `LANDMARKS`."""
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+
+    @property
+    def area(self) -> float:
+        return float(max(self.box[2] - self.box[0], 0) * max(self.box[3] - self.box[1], 0))
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares 2D similarity (rotation, uniform scale, translation) mapping src (K, 2) onto dst (K, 2).
+
+    Umeyama (1991), "Least-squares estimation of transformation parameters between two point patterns", without
+    reflections. Returns M (2, 3) with dst ~ M @ [x, y, 1].
+    """
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
+        raise ValueError(f"need two (K, 2) point sets with K >= 2, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s0, d0 = src - mu_s, dst - mu_d
+    var = (s0**2).sum() / len(src)
+    if var <= 0:
+        raise ValueError("the source points coincide; no similarity transform is defined")
+    u, sig, vt = np.linalg.svd(d0.T @ s0 / len(src))
+    d = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
+    rot = u @ d @ vt
+    scale = float((sig * np.diag(d)).sum() / var)
+    t = mu_d - scale * rot @ mu_s
+    return np.hstack([scale * rot, t[:, None]])
+
+
+def transform_points(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a (2, 3) affine matrix to (K, 2) points."""
+    return np.asarray(points, np.float64) @ m[:, :2].T + m[:, 2]
+
+
+def warp_similarity(img: Image.Image, m: np.ndarray, size: int) -> Image.Image:
+    """The size x size output of the similarity `m` (photo -> crop coordinates), bilinear.
+
+    The facehw crops were warped directly with bilinear sampling (which matches them best, docs/alignment.md);
+    when the photo must shrink more than 1/`_MIN_WARP_SCALE` times, it is first resized with antialiasing so
+    the warp does not alias.
+    """
+    scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
+    if scale < _MIN_WARP_SCALE:
+        f = scale / _MIN_WARP_SCALE
+        new_size = (max(1, round(img.width * f)), max(1, round(img.height * f)))
+        small = img.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        fx, fy = small.width / img.width, small.height / img.height
+        m = m @ np.array([[1 / fx, 0, 0], [0, 1 / fy, 0], [0, 0, 1]])  # crop <- small photo
+        img = small
+    inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
+    return img.transform((size, size), Image.Transform.AFFINE, inv.ravel().tolist(), Image.Resampling.BILINEAR)
+
+
+def open_photo(source: ImageLike) -> Image.Image:
+    """A photo as upright (EXIF-rotated) 8-bit RGB; DataError names the file when it cannot be read."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB array, got shape {source.shape}")
+        return Image.fromarray(source.astype(np.uint8))
+    path = Path(source)
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise DataError(f"{path}: {img.width}x{img.height} is above {MAX_PIXELS} pixels; shrink it first")
+            return ImageOps.exif_transpose(img).convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"photo {path} does not exist") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"cannot read photo {path}: not an image, or corrupt ({err})") from None
+
+
+class FaceAligner:
+    """Detect faces (MTCNN) and warp each to a `size` x `size` crop framed like the training data.
+
+    Args:
+        size: side of the output crops; the template is scaled from 64.
+        min_face_size: smallest face MTCNN looks for, in pixels of the (possibly shrunk) detection image.
+        min_score: detections with a lower MTCNN probability are dropped.
+        max_side: photos are shrunk to this longest side for detection (speed); crops come from the original.
+        device: torch device for MTCNN.
+    """
+
+    def __init__(self, size: int = 64, min_face_size: int = 20, min_score: float = 0.9, max_side: int = 1024,
+                 device: str = "cpu") -> None:
+        self.size, self.min_score, self.max_side = size, min_score, max_side
+        self.template = TEMPLATE_64 * (size / 64.0)
+        self._mtcnn = _load_mtcnn(min_face_size, device)
+
+    def detect(self, img: ImageLike) -> list[Face]:
+        """Faces in the photo, largest first, with boxes and landmarks in the photo's pixel coordinates."""
+        photo = open_photo(img)
+        det, scale, pad = _detection_view(photo, self.max_side)
+        boxes, probs, points = self._mtcnn.detect(det, landmarks=True)
+        if boxes is None:
+            return []
+        faces = []
+        for box, prob, pts in zip(boxes, probs, points):
+            if prob is None or float(prob) < self.min_score:
+                continue
+            box = (np.asarray(box, np.float64) - pad) / scale
+            faces.append(Face(box, float(prob), (np.asarray(pts, np.float64) - pad) / scale))
+        return sorted(faces, key=lambda f: -f.area)
+
+    def align_face(self, img: ImageLike, face: Face) -> Image.Image:
+        """The crop of one detected face."""
+        m = similarity_transform(face.landmarks, self.template)
+        return warp_similarity(open_photo(img), m, self.size)
+
+    def align(self, img: ImageLike) -> list[Image.Image]:
+        """Crops of every face in the photo, largest first (empty when there is none)."""
+        photo = open_photo(img)
+        return [self.align_face(photo, f) for f in self.detect(photo)]
+
+
+def measure_template(crops: list[ImageLike], aligner: FaceAligner) -> tuple[np.ndarray, int]:
+    """(mean landmarks (5, 2) in the crops' pixel coordinates, crops with a face) of already-aligned crops:
+    how `TEMPLATE_64` was measured on the training data."""
+    points = [faces[0].landmarks for faces in map(aligner.detect, crops) if faces]
+    if not points:
+        raise DataError(f"no face found in any of the {len(crops)} crops")
+    return np.mean(points, axis=0), len(points)
+
+
+def _detection_view(photo: Image.Image, max_side: int) -> tuple[Image.Image, float, float]:
+    """(image for MTCNN, scale, padding): detection coordinates = photo coordinates * scale + padding.
+
+    Big photos are shrunk (MTCNN's cost grows with the pixels); small ones, like 64x64 crops whose face fills
+    the frame, are upscaled and given a black border so the whole face is inside the image.
+    """
+    w, h = photo.size
+    if max(w, h) > max_side:
+        s = max_side / max(w, h)
+        return photo.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR), s, 0.0
+    if min(w, h) < _SMALL:
+        s = float(math.ceil(1.2 * _SMALL / min(w, h)))  # 64 -> 3 (192 px), as the template was measured
+        big = photo.resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC)
+        pad = round(0.25 * min(big.size))
+        canvas = Image.new("RGB", (big.width + 2 * pad, big.height + 2 * pad))
+        canvas.paste(big, (pad, pad))
+        return canvas, s, float(pad)
+    return photo, 1.0, 0.0
+
+
+def _load_mtcnn(min_face_size: int, device: str) -> Any:
+    try:
+        from facenet_pytorch import MTCNN
+    except ImportError as err:
+        raise ImportError(f"{INSTALL_HINT} ({err})") from None
+    return MTCNN(keep_all=True, min_face_size=min_face_size, device=device)
+
+
+def pick_face(faces: list[Face], by: str = "largest") -> Face:
+    """The face to keep from several: the largest box or the most confident detection."""
+    if by not in ("largest", "score"):
+        raise ValueError(f"unknown face choice {by!r}; choose 'largest' or 'score'")
+    return max(faces, key=(lambda f: f.area) if by == "largest" else (lambda f: f.score))
+
+
+def load_face(source: ImageLike, aligner: FaceAligner | None, by: str = "largest") -> Image.Image:
+    """One photo -> one aligned crop, ready for `FaceModel.embed`. With `aligner=None` the photo is taken as an
+    already-aligned crop (returned upright, RGB). DataError when no face is found."""
+    photo = open_photo(source)
+    if aligner is None:
+        return photo
+    faces = aligner.detect(photo)
+    if not faces:
+        raise DataError(f"no face found in {source if isinstance(source, str | Path) else 'the image'}; "
+                        "use a photo with a visible face, or pass an already-aligned crop without --align")
+    return aligner.align_face(photo, pick_face(faces, by))
+
+
+def load_faces(sources: list[ImageLike], aligner: FaceAligner | None, by: str = "largest") -> list[Image.Image]:
+    return [load_face(s, aligner, by) for s in sources]
+
+
+@dataclass
+class FolderReport:
+    """What `align_folder` did; paths are relative to the input folder."""
+
+    written: int = 0
+    existing: int = 0
+    no_face: list[str] = field(default_factory=list)
+    several: list[tuple[str, int]] = field(default_factory=list)  # (photo, faces found): kept one, or skipped
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self, skip_several: bool) -> str:
+        several = "skipped" if skip_several else "kept the largest"
+        return (f"{self.written} aligned, {self.existing} already there, {len(self.no_face)} without a face, "
+                f"{len(self.several)} with several faces ({several}), {len(self.unreadable)} unreadable")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"written": self.written, "existing": self.existing, "no_face": self.no_face,
+                "several": [{"photo": p, "faces": n} for p, n in self.several], "unreadable":
+                [{"photo": p, "error": e} for p, e in self.unreadable]}
+
+
+def list_photos(root: Path) -> list[Path]:
+    """Every image under `root` (any depth, hidden entries skipped), in a stable order."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        found += [Path(folder) / f for f in sorted(files) if is_image_name(f)]
+    return found
+
+
+def align_folder(in_dir: str | Path, out_dir: str | Path, aligner: FaceAligner, skip_several: bool = False,
+                 by: str = "largest", overwrite: bool = False, log: Callable[[str], None] = print) -> FolderReport:
+    """Align every photo under `in_dir` into `out_dir`, keeping the folder structure (identity folders stay
+    identity folders, a flat folder stays flat); each output is `<same relative path>.jpg`, one face per photo.
+
+    Photos with several faces keep the largest (`by`) unless `skip_several`; outputs that exist are kept unless
+    `overwrite`, so an interrupted run continues where it stopped.
+    """
+    src, dst = Path(in_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    if not src.is_dir():
+        raise DataError(f"input folder {src} is not a directory")
+    if dst == src or src in dst.parents:
+        raise DataError(f"output folder {dst} is inside the input folder {src}; choose a folder outside it")
+    photos = list_photos(src)
+    if not photos:
+        raise DataError(f"no images under {src} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    report = FolderReport()
+    for n, path in enumerate(photos, 1):
+        rel = path.relative_to(src)
+        target = dst / rel.with_suffix(".jpg")
+        if target.exists() and not overwrite:
+            report.existing += 1
+            continue
+        try:
+            photo = open_photo(path)
+        except DataError as err:
+            report.unreadable.append((rel.as_posix(), str(err)))
+            continue
+        faces = aligner.detect(photo)
+        if not faces:
+            report.no_face.append(rel.as_posix())
+            continue
+        if len(faces) > 1:
+            report.several.append((rel.as_posix(), len(faces)))
+            if skip_several:
+                continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        aligner.align_face(photo, pick_face(faces, by)).save(target, quality=95)
+        report.written += 1
+        if n % 100 == 0:
+            log(f"{n}/{len(photos)} photos")
+    return report

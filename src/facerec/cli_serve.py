@@ -1,0 +1,110 @@
+"""`facerec export` and `facerec serve`: argument wiring only (cli.py hooks in `add_parsers` and `COMMANDS`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from facerec.data.folder import MAX_PIXELS
+
+MiB = 1 << 20
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a deployable model file: slim .pt checkpoint or ONNX + JSON sidecar",
+                       description="--out model.pt: the inference part of a checkpoint (no optimiser state), "
+                                   "loadable with facerec.load. --out model.onnx: the embedding network as ONNX "
+                                   "(dynamic batch) plus model.onnx.json with preprocessing, scoring, threshold "
+                                   "and classes.")
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint (RUN/best.pt) or model file")
+    p.add_argument("--out", required=True, help="output file: *.pt / *.pth or *.onnx")
+    p.add_argument("--half", action="store_true", help="(.pt) store weights as fp16, about half the size")
+    p.add_argument("--opset", type=int, default=17, help="(.onnx) ONNX opset version (default 17)")
+    p.add_argument("--dynamo", action="store_true", help="(.onnx) use the torch.export-based exporter "
+                                                         "(needs onnxscript) instead of the TorchScript one")
+    p.add_argument("--no-check", action="store_true", help="(.onnx) skip comparing ONNX Runtime with PyTorch")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="web service + page: verify two photos, identify / enroll with a gallery",
+                       description="Serve a model over HTTP (FastAPI + uvicorn; pip install 'facerec[serve]'). "
+                                   "Open http://HOST:PORT/ for the page; the API is under /api (docs at /docs).")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint, an exported .pt, or an exported .onnx")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--align", action="store_true", help="align faces in uploaded photos (facerec.align, MTCNN) "
+                                                        "instead of resizing the whole photo")
+    p.add_argument("--gallery", metavar="DIR", help="gallery folder (facerec.gallery; created if new): enables "
+                                                     "identify / enroll / delete, saved after each change")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image file (default 10)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"largest accepted width x height "
+                                                                      f"(default {MAX_PIXELS})")
+    p.add_argument("--device", default="cpu", help="torch device for .pt models (default cpu)")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add the `export` and `serve` subcommands to facerec's parser."""
+    _add_export(sub)
+    _add_serve(sub)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from facerec.export import compare_onnx, export_model
+
+    try:
+        paths = export_model(args.checkpoint, args.out, half=args.half, opset=args.opset, dynamo=args.dynamo)
+    except ImportError as err:  # --dynamo without onnxscript, or a torch build without ONNX export
+        hint = "pip install onnxscript, or drop --dynamo" if args.dynamo else "pip install 'facerec[onnx]'"
+        print(f"facerec export: {err}; {hint}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"wrote {path} ({path.stat().st_size / MiB:.2f} MiB)")
+    if paths[0].suffix.lower() == ".onnx" and not args.no_check:
+        try:
+            check = compare_onnx(args.checkpoint, paths[0])
+        except ImportError:
+            print("onnxruntime is not installed: not compared with PyTorch (pip install 'facerec[onnx]')")
+        else:
+            print(f"ONNX Runtime vs PyTorch on {check['batch']} random inputs: max abs diff "
+                  f"{check['max_abs_diff']:.2e}, relative error {check['rel_err']:.2e}")
+            if check["rel_err"] > 1e-3:
+                print("warning: ONNX Runtime and PyTorch disagree; do not deploy this file", file=sys.stderr)
+                return 1
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from facerec.serve.app import create_app
+    except ImportError as err:
+        print(f"facerec serve needs FastAPI and uvicorn ({err}); pip install 'facerec[serve]'", file=sys.stderr)
+        return 1
+    from facerec.onnx_backend import load_any
+    from facerec.serve.ports import Unavailable, load_aligner, load_gallery
+    from facerec.serve.uploads import Limits
+
+    try:
+        model = load_any(args.checkpoint, device=args.device)
+    except ImportError as err:  # an .onnx model without onnxruntime
+        print(f"facerec serve: {err}; pip install 'facerec[onnx]'", file=sys.stderr)
+        return 1
+    aligner = None
+    if args.align:
+        aligner = load_aligner(model.image_size)
+        if isinstance(aligner, Unavailable):
+            print(f"facerec serve: --align: {aligner.reason}", file=sys.stderr)
+            return 1
+    gallery = load_gallery(model, args.gallery)
+    if isinstance(gallery, Unavailable):
+        print(f"facerec serve: identify/enroll/delete answer 501: {gallery.reason}", file=sys.stderr)
+    limits = Limits(max_bytes=int(args.max_upload_mb * MiB), max_pixels=args.max_pixels)
+    app = create_app(model, gallery=gallery, aligner=aligner, limits=limits)
+    print(f"serving {args.checkpoint} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"export": cmd_export, "serve": cmd_serve}

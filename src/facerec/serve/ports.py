@@ -1,0 +1,131 @@
+"""What the service needs from a model, a gallery and an aligner: small interfaces, and adapters to facerec's.
+
+The service never imports facerec.gallery or facerec.align at module import: `load_gallery` / `load_aligner`
+try them when the server starts, and the endpoints that need a missing part answer 501 with the reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+
+class Model(Protocol):
+    """api.FaceModel and onnx_backend.OnnxFaceModel both have this."""
+
+    image_size: int
+    scoring: str
+    threshold: float | None
+
+    def embed(self, images: torch.Tensor, flip: bool = True) -> torch.Tensor: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+class Aligner(Protocol):
+    def align(self, image: Image.Image) -> Any:
+        """An RGB photo -> the aligned face crop (PIL image or HxWx3 uint8 array), or None if no face is found."""
+
+
+class Gallery(Protocol):
+    """Enrolled identities searched by embedding (embeddings come from the service's model)."""
+
+    def enroll(self, identity: str, embeddings: torch.Tensor) -> int:
+        """Add (N, D) embeddings for `identity`; returns how many that identity has now."""
+
+    def identify(self, embeddings: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        """(Q, D) -> for each query the top-k (identity, similarity), best first."""
+
+    def remove(self, identity: str) -> int:
+        """Delete an identity; returns how many embeddings were removed (0 if it was not enrolled)."""
+
+    def identities(self) -> list[str]: ...
+
+
+class Unavailable:
+    """Stands in for a missing part; `reason` is what the 501 answer says."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class FacerecGallery:
+    """Adapts facerec.gallery.Gallery (a FAISS index in a folder) to the `Gallery` interface: one lock around
+    every call (requests run in a threadpool) and a save after every change."""
+
+    def __init__(self, impl: Any) -> None:
+        self.impl = impl
+        self.lock = threading.Lock()
+
+    def enroll(self, identity: str, embeddings: torch.Tensor) -> int:
+        with self.lock:
+            self.impl.add(identity, embeddings)
+            self.impl.save()
+            return int(self.impl.people()[identity])
+
+    def identify(self, embeddings: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        with self.lock:
+            if len(self.impl) == 0:
+                return [[] for _ in range(len(embeddings))]
+            return [[(m.name, float(m.score)) for m in row] for row in self.impl.search(embeddings, k)]
+
+    def remove(self, identity: str) -> int:
+        from facerec.data.folder import DataError
+
+        with self.lock:
+            try:
+                removed = int(self.impl.remove(identity))
+            except DataError:  # not enrolled
+                return 0
+            self.impl.save()
+            return removed
+
+    def identities(self) -> list[str]:
+        with self.lock:
+            return list(self.impl.people())
+
+
+def load_gallery(model: Model, folder: str | Path | None) -> Gallery | Unavailable:
+    """The facerec.gallery folder for this model (created empty if new), or Unavailable(reason)."""
+    if not folder:
+        return Unavailable("no gallery on this server: start it with `facerec serve --gallery DIR` to enable "
+                           "identify / enroll / delete")
+    try:
+        from facerec import gallery as gallery_module
+        from facerec.data.folder import DataError
+
+        net = getattr(model, "model", None)  # a torch model: its fingerprint ties the gallery to it
+        fingerprint = gallery_module.model_fingerprint(net) if isinstance(net, torch.nn.Module) else None
+        impl = gallery_module.Gallery.open(folder, model.scoring, int(model.info()["embedding_dim"]), fingerprint)
+    except (ImportError, DataError, ValueError, OSError) as err:
+        return Unavailable(f"the gallery {folder} cannot be used: {err}")
+    return FacerecGallery(impl)
+
+
+class FacerecAligner:
+    """Adapts facerec.align.FaceAligner (MTCNN + 5-point similarity warp): the largest face, or None."""
+
+    def __init__(self, impl: Any) -> None:
+        self.impl = impl
+        self.lock = threading.Lock()  # MTCNN is a torch model shared by the request threads
+
+    def align(self, image: Image.Image) -> Image.Image | None:
+        from facerec.align import pick_face
+
+        with self.lock, torch.inference_mode():
+            faces = self.impl.detect(image)
+            return self.impl.align_face(image, pick_face(faces)) if faces else None
+
+
+def load_aligner(size: int) -> Aligner | Unavailable:
+    """facerec.align.FaceAligner(size) behind the `Aligner` interface, or Unavailable(reason)."""
+    try:
+        from facerec.align import FaceAligner
+
+        return FacerecAligner(FaceAligner(size=size))
+    except (ImportError, OSError, RuntimeError) as err:
+        return Unavailable(f"face alignment is not available: {err}")

@@ -1,0 +1,140 @@
+"""LFW protocol: pair-file parsing (both headers), k-fold accuracy on synthetic scores, an end-to-end lfw_tiny run.
+
+Also home of `tiny_checkpoint` / `real_checkpoint`, the model helpers the other photo tests import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, make_identity_folder
+from facerec import cli_photos
+from facerec.data.folder import DataError
+from facerec.lfw import kfold_accuracy, lfw_report, read_lfw_pairs
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """MTCNN's small convolutions run ~10x slower with 2 threads on a busy 2-core machine; restore afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny_cnn model trained for one epoch on generated data (plumbing only, not accuracy); once per session."""
+    run = tmp_path_factory.getbasetemp() / "photos_tiny_run"
+    if not (run / "best.pt").is_file():
+        from facerec.config import load_config
+        from facerec.pipeline import train
+
+        root = make_identity_folder(tmp_path_factory.mktemp("tiny_faces"), [f"p{i}" for i in range(6)], 6)
+        os.environ.setdefault("FACEREC_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        cfg = load_config(None, [f"data.root={root}", "model.backbone=tiny_cnn", "model.embedding_dim=32",
+                                 "data.image_size=16", "data.batch_size=12", "train.epochs=1", "train.threads=1",
+                                 "optim.warmup_epochs=0", "data.num_workers=0"])
+        train(cfg, run, log=lambda m: None)
+    return run / "best.pt"
+
+
+def real_checkpoint() -> Path | None:
+    """models/facehw.pt (or $FACEREC_TEST_MODEL): a model trained on faces, for accuracy checks."""
+    path = Path(os.environ.get("FACEREC_TEST_MODEL", REPO / "models" / "facehw.pt"))
+    return path if path.is_file() else None
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="facerec")
+    cli_photos.add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return cli_photos.COMMANDS[args.command](args)
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_parses_view2_header_with_folds(tmp_path):
+    lines = ["2\t2"]
+    for f in range(2):
+        lines += [f"A{f} 1 2", f"B{f} 3 14"] + [f"C{f} 1 D{f} 2", f"E{f} 10 F{f} 1"]
+    pairs = read_lfw_pairs(_write(tmp_path / "pairs.txt", lines))
+    assert pairs.n_folds == 2 and len(pairs) == 8
+    assert pairs.labels.tolist() == [1, 1, 0, 0, 1, 1, 0, 0] and pairs.folds.tolist() == [0] * 4 + [1] * 4
+    assert pairs.a[1] == "B0/B0_0003.jpg" and pairs.b[1] == "B0/B0_0014.jpg"
+    assert pairs.a[3] == "E0/E0_0010.jpg" and pairs.b[3] == "F0/F0_0001.jpg"
+    assert pairs.line_numbers[0] == 2
+
+
+def test_parses_devtest_header_as_one_fold(tmp_path):
+    pairs = read_lfw_pairs(_write(tmp_path / "dev.txt", ["\ufeff2", "", "A 1 2", "B 1 2", "C 1 D 1", "E 1 F 2"]))
+    assert pairs.n_folds == 1 and set(pairs.folds.tolist()) == {0} and pairs.labels.tolist() == [1, 1, 0, 0]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (["x y"], "header"),
+    (["2", "A 1 2", "B 1 2", "C 1 D 1"], "promises"),
+    (["1", "A 1 B 2", "C 1 D 1"], ":2: expected a matched"),
+    (["1", "A 1 2", "C 1 2"], ":3: expected a mismatched"),
+    (["1", "A one 2", "C 1 D 2"], "not an integer"),
+])
+def test_bad_pair_files_name_the_line(tmp_path, lines, message):
+    with pytest.raises(DataError, match=message):
+        read_lfw_pairs(_write(tmp_path / "bad.txt", lines))
+
+
+def test_kfold_threshold_comes_from_the_other_folds():
+    """Nine folds separate at 0.5, the tenth is inverted: it scores 0, the others 1 -> mean 0.9, std 0.3."""
+    labels = np.tile([1] * 5 + [0] * 5, 10)
+    scores = np.where(labels == 1, 0.9, 0.1)
+    folds = np.repeat(np.arange(10), 10)
+    scores[folds == 9] = 1.0 - scores[folds == 9]
+    r = kfold_accuracy(scores, labels, folds)
+    assert r["folds"] == 10 and r["fold_accuracy"] == [1.0] * 9 + [0.0]
+    assert r["accuracy"] == pytest.approx(0.9) and r["accuracy_std"] == pytest.approx(0.3)
+    assert all(0.1 < t <= 0.9 for t in r["fold_threshold"])
+
+
+def test_single_fold_uses_its_own_best_threshold_and_says_so():
+    scores, labels = np.array([0.9, 0.8, 0.3, 0.7, 0.2, 0.1]), np.array([1, 1, 1, 0, 0, 0])
+    r = lfw_report(scores, labels, np.zeros(6))
+    assert r["folds"] == 1 and "optimistic" in r["protocol"]
+    assert r["accuracy"] == pytest.approx(5 / 6) and r["accuracy_std"] == 0.0  # best: accept >= 0.8 (or >= 0.3)
+    assert r["auc"] == pytest.approx(8 / 9) and r["n_pairs"] == 6
+
+
+def _subset(pairs_file: Path, out: Path, n: int) -> Path:
+    """The first n matched and first n mismatched lines of a pairsDevTest-style file."""
+    lines = pairs_file.read_text().splitlines()
+    total = int(lines[0])
+    return _write(out, [str(n)] + lines[1 : 1 + n] + lines[1 + total : 1 + total + n])
+
+
+def test_benchmark_lfw_tiny_end_to_end(shared_data, tmp_path_factory, capsys):
+    lfw = shared_data / "lfw_tiny"
+    if not (lfw / "verify_pairs.txt").is_file():
+        pytest.skip(f"lfw_tiny not found under {shared_data}")
+    real = real_checkpoint()
+    args = ["benchmark", "lfw", "--root", str(lfw / "verify"), "--json", "--device", "cpu"]
+    if real is None:  # plumbing with a tiny model: the whole file, not aligned
+        tiny = tiny_checkpoint(tmp_path_factory)
+        capsys.readouterr()
+        assert run_cli([*args, "--pairs", str(lfw / "verify_pairs.txt"), "--checkpoint", str(tiny)]) == 0
+        r = json.loads(capsys.readouterr().out)
+        assert r["n_pairs"] == 100 and r["n_images"] == 169 and r["folds"] == 1 and 0 <= r["auc"] <= 1
+        pytest.skip("no trained face model (models/facehw.pt or $FACEREC_TEST_MODEL): accuracy not checked")
+    pytest.importorskip("facenet_pytorch")
+    pairs = _subset(lfw / "verify_pairs.txt", tmp_path_factory.mktemp("lfw") / "pairs.txt", 8)
+    assert run_cli([*args, "--pairs", str(pairs), "--checkpoint", str(real), "--align"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["n_pairs"] == 16 and r["aligned"] and not r["no_face"]
+    assert r["auc"] > 0.8 and r["accuracy"] > 0.7
