@@ -72,6 +72,11 @@ def student(args: argparse.Namespace, model_name: str, device: torch.device) -> 
     return t.rates(args.steps * args.batch_size)
 
 
+def use_amp(setting: str, device: torch.device) -> bool:
+    """As train.amp: auto = bf16 autocast on CUDA only; bf16 = also on the CPU (AMX / AVX512-BF16 kernels)."""
+    return setting == "bf16" or (setting == "auto" and device.type == "cuda")
+
+
 def ours(args: argparse.Namespace, model_name: str, device: torch.device, images) -> tuple[float, float]:
     """images/s of facerec's training step on the decoded uint8 tensor."""
     cl = use_channels_last("auto", device)
@@ -90,7 +95,7 @@ def ours(args: argparse.Namespace, model_name: str, device: torch.device, images
     schedule = LRSchedule(0.01, 1, args.warmup + args.steps, "constant")
 
     def run(n: int) -> None:
-        opts = StepOptions(device, amp=device.type == "cuda", channels_last=cl, log_every=10**9, max_steps=n)
+        opts = StepOptions(device, amp=use_amp(args.amp, device), channels_last=cl, log_every=10**9, max_steps=n)
         train_one_epoch(model, loss_fn, stream, n, opt, schedule, 0, get_preset("standard"), aug_gen, opts)
 
     if args.warmup:
@@ -113,6 +118,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, help="student DataLoader workers (default: 0 on CPU, all cores on CUDA)")
     p.add_argument("--threads", type=int, help="torch threads (default: 1 on CPU, torch's default on CUDA)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto", help="facerec's train.amp")
     args = p.parse_args()
     device = device_from(args.device)
     cpu = device.type == "cpu"
@@ -128,7 +134,7 @@ def main() -> None:
     print(f"device {device}: {hardware(device)}")
     print(f"facerec images: {source}; batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; "
           f"student DataLoader workers {args.workers}; facerec channels_last {use_channels_last('auto', device)}, "
-          f"bf16 {device.type == 'cuda'}")
+          f"bf16 autocast {use_amp(args.amp, device)}")
     unit = "img/CPU-s" if per_cpu else "img/s"
     print(f"{'model':<10} {'student ' + unit:>18} {'facerec ' + unit:>18} {'ratio':>7}   (wall img/s)")
     ratios = []

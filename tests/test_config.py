@@ -44,7 +44,7 @@ def test_type_errors_are_reported():
 def test_yaml_is_parsed_safely(tmp_path):
     f = tmp_path / "evil.yaml"
     f.write_text("optim: !!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid UTF-8 YAML"):
         load_config(f)
 
 

@@ -191,11 +191,6 @@ def test_typed_overrides_round_trip(data: st.DataObject) -> None:
     assert _value(load_config(None, [f"{key}={text}"]), key) == value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap in config.py: YAML 1.1 reads 1e-5 (no dot) as a string, and a float "
-    "field then refuses it (a loud error, but `optim.lr=1e-5` is a natural thing to type)",
-)
 def test_float_in_exponent_notation_is_accepted() -> None:
     assert load_config(None, ["optim.lr=1e-5"]).optim.lr == 1e-5
 

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, DataError, CheckpointError, OSError, ValueError) as err:
         print(f"facerec {args.command}: error: {err}", file=sys.stderr)
         if os.environ.get("FACEREC_DEBUG"):
             raise

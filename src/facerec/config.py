@@ -6,6 +6,7 @@ YAML is read with `yaml.safe_load` only; values from the command line are parsed
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -156,12 +157,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if value is None:
             return ""
+        if isinstance(value, bool):  # YAML reads on/off/yes/no as booleans: keep the switch's spelling
+            return "on" if value else "off"
         if not isinstance(value, str | int | float):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
@@ -199,7 +209,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # malformed, a huge integer, absurd nesting
         value = raw
     return key.split("."), value
 
@@ -230,9 +240,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise ConfigError(f"config file {str(p)!r} is not valid UTF-8 YAML: {err}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections (data, model, ...)")
         _from_dict(Config, _merge(asdict(Config()), loaded))  # validate keys early, with the file's names

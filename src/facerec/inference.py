@@ -8,12 +8,12 @@ from typing import Any
 import torch
 
 from facerec.api import FaceModel
-from facerec.data.folder import DataError, list_flat_images
+from facerec.data.folder import DataError
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.memory import load_flat_images, load_identity_folders
 from facerec.data.pairset import PairSet, load_pairset
 from facerec.engine.evaluate import class_scores, evaluate_closed_set, evaluate_pairs, score_pairs
-from facerec.submission import read_sample_submission, write_classification_csv, write_verification_csv
+from facerec.submission import classification_test_ids, write_classification_csv, write_verification_csv
 
 
 def pair_scores_for(fm: FaceModel, pairs: PairSet, scoring: str | None = None, flip: bool = True) -> torch.Tensor:
@@ -66,20 +66,13 @@ def write_submissions(
     """classification_submission.csv and verification_submission.csv, in the sample submissions' row order."""
     layout = detect_layout(data)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create the output folder {out_dir} ({err}); choose another --out") from None
     written = []
     if layout.test is not None:
-        if layout.class_sample is not None:
-            ids = read_sample_submission(layout.class_sample, "classification")
-            paths = [layout.test / i for i in ids]
-            missing = [p for p in paths if not p.exists()]
-            if missing:
-                raise DataError(
-                    f"{len(missing)} test images named in {layout.class_sample} are missing, e.g. {missing[0]}"
-                )
-        else:
-            paths = list_flat_images(layout.test)
-            ids = [p.name for p in paths]
+        ids, paths = classification_test_ids(layout)  # the sample's order, checked against test_data/
         scores = class_scores(
             fm.embed(load_flat_images(paths, fm.image_size), flip=flip), fm.loss_fn, fm.prototypes
         )
