@@ -11,7 +11,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def load(checkpoint: str, device: str = "cpu") -> FaceModel:
-    """Load a trained model (a run checkpoint or an exported model file) for `embed`, `verify` and `classify`."""
+    """Load a trained model (a run checkpoint, an exported model file, or an ONNX export) for `embed`, `verify` and
+    `classify` (ONNX exports: `embed`, `score` and `verify`, run by ONNX Runtime)."""
+    if str(checkpoint).endswith(".onnx"):
+        from facerec.onnx_backend import OnnxFaceModel
+
+        return OnnxFaceModel(checkpoint)  # type: ignore[return-value]
     from facerec.api import FaceModel
 
     return FaceModel.load(checkpoint, device=device)
