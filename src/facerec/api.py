@@ -37,7 +37,30 @@ def _float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-class FaceModel:
+class PairVerifier:
+    """`score` and `verify` on top of `embed`: shared by the PyTorch and the ONNX Runtime backends."""
+
+    scoring: str
+    threshold: float | None
+
+    def embed(self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, a: ImageLike, b: ImageLike) -> float:
+        """Similarity of two face images (higher = more likely the same person), with the model's scoring."""
+        e = self.embed([a, b])
+        return float(pair_scores(e[:1], e[1:], self.scoring)[0])
+
+    def verify(self, a: ImageLike, b: ImageLike, threshold: float | None = None) -> Verdict:
+        """Same person or not, at `threshold` (default: the one stored with the model)."""
+        thr = threshold if threshold is not None else self.threshold
+        if thr is None:
+            raise ValueError("this model has no stored threshold; pass threshold=")
+        s = self.score(a, b)
+        return Verdict(s, s >= thr, float(thr))
+
+
+class FaceModel(PairVerifier):
     """A trained face model ready for inference on 64x64-style aligned face crops (any size is resized)."""
 
     def __init__(
@@ -103,19 +126,6 @@ class FaceModel:
     def embed(self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True) -> torch.Tensor:
         """Images (paths, PIL images, HxWx3 arrays, or a uint8 (N,S,S,3) tensor) -> (N, D) embeddings."""
         return embed(self.model, self._as_uint8(images), self.device, flip=flip)
-
-    def score(self, a: ImageLike, b: ImageLike) -> float:
-        """Similarity of two face images (higher = more likely the same person), with the model's scoring."""
-        e = self.embed([a, b])
-        return float(pair_scores(e[:1], e[1:], self.scoring)[0])
-
-    def verify(self, a: ImageLike, b: ImageLike, threshold: float | None = None) -> Verdict:
-        """Same person or not, at `threshold` (default: the one stored with the model)."""
-        thr = threshold if threshold is not None else self.threshold
-        if thr is None:
-            raise ValueError("this model has no stored threshold; pass threshold=")
-        s = self.score(a, b)
-        return Verdict(s, s >= thr, float(thr))
 
     def classify(self, images: Sequence[ImageLike] | torch.Tensor, k: int = 1) -> list[list[tuple[str, float]]]:
         """Top-k (identity folder name, score) for each image, over the training identities."""

@@ -17,10 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facerec.api import ImageLike, Verdict
+from facerec.api import ImageLike, PairVerifier
 from facerec.data.folder import DataError, load_image
 from facerec.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, SIDECAR_FORMAT, sidecar_path
-from facerec.metrics.verification import pair_scores
 
 
 def images_to_uint8(images: Sequence[ImageLike] | torch.Tensor, size: int) -> torch.Tensor:
@@ -60,7 +59,7 @@ def read_metadata(onnx_path: str | Path) -> dict[str, Any]:
     return meta
 
 
-class OnnxFaceModel:
+class OnnxFaceModel(PairVerifier):
     """A face model run by ONNX Runtime on the CPU (or any provider passed in)."""
 
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
@@ -97,19 +96,6 @@ class OnnxFaceModel:
                 e = e + self._run(np.ascontiguousarray(x[..., ::-1]))
             out.append(torch.from_numpy(e.astype(np.float32)))
         return torch.cat(out) if out else torch.zeros(0, self.embedding_dim)
-
-    def score(self, a: ImageLike, b: ImageLike) -> float:
-        """Similarity of two face images (higher = more likely the same person), with the model's scoring."""
-        e = self.embed([a, b])
-        return float(pair_scores(e[:1], e[1:], self.scoring)[0])
-
-    def verify(self, a: ImageLike, b: ImageLike, threshold: float | None = None) -> Verdict:
-        """Same person or not, at `threshold` (default: the one stored with the model)."""
-        thr = threshold if threshold is not None else self.threshold
-        if thr is None:
-            raise ValueError("this model has no stored threshold; pass threshold=")
-        s = self.score(a, b)
-        return Verdict(s, s >= thr, float(thr))
 
     def classify(self, images: Any, k: int = 1) -> list[list[tuple[str, float]]]:
         raise NotImplementedError("closed-set classify needs the classifier weights, which an ONNX export lacks; "
