@@ -77,10 +77,13 @@ def build_optimizer(
         {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
         {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
     ]
+    scale = (loss_lr / lr) if loss_lr else 1.0
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
-    if loss_params:
-        scale = (loss_lr / lr) if loss_lr else 1.0
-        groups.append({"params": loss_params, "weight_decay": weight_decay, "lr_scale": scale})
+    matrices = [p for p in loss_params if p.ndim > 1]  # class centres / proxies
+    scalars = [p for p in loss_params if p.ndim <= 1]  # learnable scales and biases (B-way a, b; pair-wise w, b)
+    for params, wd in ((matrices, weight_decay), (scalars, 0.0)):
+        if params:
+            groups.append({"params": params, "weight_decay": wd, "lr_scale": scale})
     fused = {"foreach": True}
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, **fused)
