@@ -81,7 +81,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
-    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    channels_last: str = "auto"  # auto (= on: faster on CUDA and, measured, on CPU too) | on | off
     compile: bool = False
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
     best_metric: str = "val_auc"  # val_auc | val_acc | train_loss (checkpoint "best.pt" follows it)
