@@ -2,7 +2,7 @@
 # Fresh machine -> trained model, validation metrics, both Kaggle submissions and the write-up.
 #   FACEREC_DATA   dataset root (default: ../shared/data/facehw beside this checkout)
 #   RUN            run folder (default: runs/quickstart)
-#   EPOCHS         training epochs (default: 3, a short run; the full CPU recipe uses 14)
+#   EPOCHS         training epochs (default: 3, a short run; the full CPU recipe uses 12)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${FACEREC_DATA:-../shared/data/facehw}
