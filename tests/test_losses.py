@@ -9,22 +9,13 @@ import torch
 
 from facerec.losses import SCORINGS, build_combined_loss, build_loss
 from facerec.registry import LOSSES
+from loss_reference import approx
+from loss_reference import ce as _ce
+from loss_reference import unit as _unit
 
 NAMES = LOSSES.names()
 
 
-def approx(value):
-    """fp32 results against float64 hand values."""
-    return pytest.approx(value, rel=1e-4, abs=1e-6)
-
-
-def _ce(logits: list[float], target: int) -> float:
-    """Cross-entropy of one row, by hand."""
-    return -logits[target] + math.log(sum(math.exp(z) for z in logits))
-
-
-def _unit(theta: float) -> list[float]:
-    return [math.cos(theta), math.sin(theta)]
 
 
 # ---------------------------------------------------------------- tier (b): every registered loss

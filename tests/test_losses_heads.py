@@ -9,21 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from facerec.losses import build_loss
-
-
-def approx(value):
-    """fp32 results against float64 hand values."""
-    return pytest.approx(value, rel=1e-4, abs=1e-6)
-
-
-def _ce(logits: list[float], target: int) -> float:
-    """Cross-entropy of one row, by hand."""
-    return -logits[target] + math.log(sum(math.exp(z) for z in logits))
-
-
-def _unit(theta: float) -> list[float]:
-    return [math.cos(theta), math.sin(theta)]
-
+from loss_reference import approx
+from loss_reference import ce as _ce
+from loss_reference import unit as _unit
 
 # ---------------------------------------------------------------- center, L-Softmax, L-GM, UniformFace
 
