@@ -12,7 +12,8 @@ if [ ! -x .venv/bin/facerec ]; then
   python3 -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q --no-deps facenet-pytorch==2.6.0  # MTCNN; its pins would downgrade torch
+  .venv/bin/python -m pip install -q -e '.[test,serve,onnx,photos]'   # the same set CI tests with
 fi
 F=.venv/bin/facerec
 $F train --data "$DATA" --out "$RUN" --config cpu train.epochs="$EPOCHS"

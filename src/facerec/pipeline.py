@@ -20,7 +20,7 @@ from facerec.data.memory import ImageSet, load_identity_folders
 from facerec.data.pack import is_pack, open_pack, read_meta, subset
 from facerec.data.pairset import PairSet, load_pairset
 from facerec.data.sampler import PKBatchSampler, RandomBatchSampler
-from facerec.engine.checkpoint import CheckpointError, load_checkpoint, set_rng_state
+from facerec.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from facerec.engine.distributed import (
     DistContext,
     GatherLoss,
@@ -283,8 +283,6 @@ def _finalise(run_dir: Path, parts: FitParts, metrics: MetricsLog, state: FitSta
     if thr is not None:
         best["threshold"] = thr
         best["threshold_source"] = "best-accuracy threshold on the val pairs"
-    from facerec.engine.checkpoint import save_checkpoint
-
     save_checkpoint({k: v for k, v in best.items() if k not in ("format", "version")}, run_dir / "best.pt")
     best_value = state.best_value if best_metric != "train_loss" or state.best_value is None else -state.best_value
     metrics.write("end", best_epoch=state.best_epoch, best_metric=best_metric, best_value=best_value,

@@ -40,15 +40,22 @@ def default_cache_dir() -> Path:
 
 
 def _fingerprint(index: FolderIndex, size: int) -> str:
+    """Key of the decoded-image cache: the same files reached by a relative or an absolute path share it."""
     h = hashlib.sha1(f"v1|{size}|{'|'.join(index.classes)}".encode())
     for p, y in zip(index.paths, index.labels):
         st = p.stat()
-        h.update(f"{p}|{y}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(f"{p.resolve()}|{y}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 
-def save_pack(folder: Path, images: np.ndarray, labels: np.ndarray, classes: list[str], paths: list[str],
-              extra: dict | None = None) -> None:
+def save_pack(
+    folder: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    paths: list[str],
+    extra: dict | None = None,
+) -> None:
     """Write a pack (images.npy, labels.npy, meta.json) atomically: readers never see a half-written pack.
 
     `extra` adds JSON-serialisable entries to meta.json (`facerec pack` records image_size, source, skipped)."""
@@ -149,19 +156,15 @@ def load_identity_folders(
 
 
 def _report_scan(index: FolderIndex, root: str | Path, log: Log) -> None:
-    if getattr(index, "empty_classes", None):
-        log(
-            f"warning: {len(index.empty_classes)} empty identity folders in {root}, e.g. {index.empty_classes[0]!r}"
-        )
-    if getattr(index, "skipped_files", None):
-        log(
-            f"skipped {len(index.skipped_files)} hidden or non-image files in {root}, e.g. {index.skipped_files[0]}"
-        )
-    if getattr(index, "unknown_classes", None):
-        log(
-            f"warning: {len(index.unknown_classes)} identities in {root} are not in the training classes and are left "
-            f"out, e.g. {index.unknown_classes[0]!r}"
-        )
+    if index.empty_classes:
+        log(f"warning: {len(index.empty_classes)} empty identity folders in {root}, "
+            f"e.g. {index.empty_classes[0]!r}")
+    if index.skipped_files:
+        log(f"skipped {len(index.skipped_files)} hidden or non-image files in {root}, "
+            f"e.g. {index.skipped_files[0]}")
+    if index.unknown_classes:
+        log(f"warning: {len(index.unknown_classes)} identities in {root} are not in the training classes and are "
+            f"left out, e.g. {index.unknown_classes[0]!r}")
 
 
 def load_flat_images(paths: list[Path], image_size: int, num_workers: int = 2) -> torch.Tensor:
