@@ -3,8 +3,10 @@
 student  torchvision ImageFolder + PIL decode + per-image transforms (flip, ToTensor, Normalize) in DataLoader
          workers; fp32, NCHW; `loss.item()` every step, as the starter notebooks' progress bars do.
 facerec  the training images decoded once into a uint8 tensor (a pack, memory-mapped, or the decoded-image cache),
-         batches by indexing, batched augmentation on the device ("standard" preset), channels_last where the
-         trainer uses it, bf16 autocast on CUDA; the step is facerec.engine.train.train_one_epoch itself.
+         held on the GPU when they fit, batches by indexing (facerec.engine.fit.epoch_batches), batched
+         augmentation on the device ("standard" preset), channels_last where the trainer uses it, bf16 autocast on
+         CUDA, fused optimiser; the step is facerec.engine.train.train_one_epoch: what `facerec train` runs.
+         --compile adds a column: the same under torch.compile (train.compile=true); the ratio uses the best.
 Both train FaceEmbedder(MODEL) with the softmax loss and SGD (momentum 0.9); `--warmup` steps are run first and
 not timed. The one-off decode of the dataset is reported separately (it is paid once, not every epoch).
 On CUDA the rate is wall-clock images/s, with --workers DataLoader workers (default: all cores). On CPU the default
@@ -13,6 +15,7 @@ and the rate that counts is images per CPU-second of the process: per core, and 
 competing for the cores. Wall-clock rates are printed beside it.
 
     python bench/train_throughput.py [--models resnet34,resnet18,facenet_s] [--steps 10] [--batch-size 128]
+                                     [--compile MODELS|all] [--device cuda]
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from facerec.data.augment import get_preset
+from facerec.data.memory import ImageSet
+from facerec.data.sampler import RandomBatchSampler
+from facerec.engine.fit import epoch_batches
 from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
-from facerec.pipeline import use_channels_last
+from facerec.pipeline import images_on_gpu, use_channels_last
 
 
 def _parts(model_name: str, classes: int, size: int, device: torch.device, channels_last: bool):
@@ -52,7 +58,12 @@ def student(args: argparse.Namespace, model_name: str, device: torch.device) -> 
                         pin_memory=device.type == "cuda")
     model, loss_fn, opt = _parts(model_name, len(data.classes), args.image_size, device, channels_last=False)
     model.train()
-    batches = iter(loader)
+
+    def epochs():  # epoch after epoch, as a training script's loop does (workers restart each epoch)
+        while True:
+            yield from loader
+
+    batches = epochs()
 
     def step() -> float:
         x, y = next(batches)
@@ -77,32 +88,32 @@ def use_amp(setting: str, device: torch.device) -> bool:
     return setting == "bf16" or (setting == "auto" and device.type == "cuda")
 
 
-def ours(args: argparse.Namespace, model_name: str, device: torch.device, images) -> tuple[float, float]:
-    """images/s of facerec's training step on the decoded uint8 tensor."""
+def ours(args: argparse.Namespace, model_name: str, device: torch.device, images: ImageSet,
+         compile: bool = False) -> tuple[float, float]:
+    """images/s of facerec's training step on the decoded uint8 tensor, batches as `facerec train` makes them."""
     cl = use_channels_last("auto", device)
     model, loss_fn, opt = _parts(model_name, len(images.classes), args.image_size, device, cl)
-    pin = device.type == "cuda"
+    train_model = torch.compile(model) if compile else model
     gen = torch.Generator().manual_seed(0)
     aug_gen = torch.Generator(device=device).manual_seed(0)
+    sampler = RandomBatchSampler(len(images), args.batch_size)
 
-    def batches():
+    def epochs():
         while True:
-            for idx in torch.randperm(len(images), generator=gen).split(args.batch_size)[:-1]:
-                x, y = images.images[idx], images.labels[idx]
-                yield (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+            yield from epoch_batches(images, sampler, gen, device)
 
-    stream = batches()
+    stream = epochs()
     schedule = LRSchedule(0.01, 1, args.warmup + args.steps, "constant")
 
     def run(n: int) -> None:
         opts = StepOptions(device, amp=use_amp(args.amp, device), channels_last=cl, log_every=10**9, max_steps=n)
-        train_one_epoch(model, loss_fn, stream, n, opt, schedule, 0, get_preset("standard"), aug_gen, opts)
+        train_one_epoch(train_model, loss_fn, stream, n, opt, schedule, 0, get_preset("standard"), aug_gen, opts)
 
     if args.warmup:
-        run(args.warmup)
+        run(args.warmup)  # with --compile, the compilation happens here
     sync(device)
     with Timer() as t:
-        run(args.steps)  # ends with .item(): the device has finished
+        run(args.steps)  # reads its sums at the end: the device has finished
     return t.rates(args.steps * args.batch_size)
 
 
@@ -119,6 +130,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: 1 on CPU, torch's default on CUDA)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto", help="facerec's train.amp")
+    p.add_argument("--compile", default="", metavar="MODELS",
+                   help="also time facerec under torch.compile for these models (comma-separated, or all)")
     args = p.parse_args()
     device = device_from(args.device)
     cpu = device.type == "cpu"
@@ -131,22 +144,29 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     images, source = decoded_images(data_root(args.data), args.image_size, args.pack)
+    if device.type == "cuda":
+        images = images_on_gpu(images, device, log=lambda m: None)
     print(f"device {device}: {hardware(device)}")
     print(f"facerec images: {source}; batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; "
           f"student DataLoader workers {args.workers}; facerec channels_last {use_channels_last('auto', device)}, "
           f"bf16 autocast {use_amp(args.amp, device)}")
     unit = "img/CPU-s" if per_cpu else "img/s"
-    print(f"{'model':<10} {'student ' + unit:>18} {'facerec ' + unit:>18} {'ratio':>7}   (wall img/s)")
+    k = 0 if per_cpu else 1
+    compiled = set(args.models.split(",")) if args.compile == "all" else set(filter(None, args.compile.split(",")))
+    extra = f" {'+compile ' + unit:>16}" if compiled else ""
+    print(f"{'model':<10} {'student ' + unit:>16} {'facerec ' + unit:>16}{extra} {'ratio':>7}   (wall img/s)")
     ratios = []
     for name in args.models.split(","):
         s = student(args, name, device)
         o = ours(args, name, device, images)
-        k = 0 if per_cpu else 1
-        ratios.append(o[k] / s[k])
-        print(f"{name:<10} {s[k]:>18.1f} {o[k]:>18.1f} {ratios[-1]:>6.2f}x   ({s[1]:.1f}, {o[1]:.1f})", flush=True)
+        c = ours(args, name, device, images, compile=True) if name in compiled else None
+        best = max(o, c or o, key=lambda r: r[k])
+        ratios.append(best[k] / s[k])
+        col = f" {c[k]:>16.1f}" if c else (f" {'-':>16}" if compiled else "")
+        wall = f"{s[1]:.1f}, {o[1]:.1f}" + (f", {c[1]:.1f}" if c else "")
+        print(f"{name:<10} {s[k]:>16.1f} {o[k]:>16.1f}{col} {ratios[-1]:>6.2f}x   ({wall})", flush=True)
     gmean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
     print(f"ratio facerec / student, {unit} (geometric mean over {len(ratios)} models): {gmean:.2f}x")
-
 
 if __name__ == "__main__":
     main()

@@ -29,10 +29,11 @@ from facerec.data.folder import DataError
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.memory import load_identity_folders
 from facerec.data.pairs import read_pairs
+from facerec.engine import train as train_module
 from facerec.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from facerec.engine.progress import read_metrics
 from facerec.engine.schedule import LRSchedule
-from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
+from facerec.engine.train import StepOptions, build_optimizer, skips_on_device, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
 from facerec.submission import classification_test_ids, read_sample_submission, write_classification_csv
@@ -471,7 +472,30 @@ def test_a_skipped_step_changes_no_weight() -> None:
     result = _run_epoch(model, loss_fn, optimizer, batches, opts)
     assert result["skipped_steps"] == 6 and result["steps"] == 0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    assert not optimizer.state  # no momentum was accumulated either
+    momentum = [s["momentum_buffer"] for s in optimizer.state.values() if s.get("momentum_buffer") is not None]
+    assert all(not m.any() for m in momentum)  # no momentum was accumulated either
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_device_side_skip_matches_skipping_on_the_host(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused optimisers skip a non-finite step on the device (no host sync). The weights must be exactly those
+    of the same optimiser whose bad steps the host leaves out, also when the very first step is a bad one (SGD's
+    momentum then starts from the zero buffers the device path sets up)."""
+    results = []
+    for device_side in (True, False):
+        monkeypatch.setattr(train_module, "skips_on_device", lambda opt, on=device_side: on)
+        model, loss_fn, _, batches, opts = _tiny_setup()
+        optimizer = build_optimizer(model, loss_fn, name, 0.05, 5e-4)
+        assert skips_on_device(optimizer)  # the real check: build_optimizer made a fused one
+        _poison(loss_fn, {1: "nan_grad", 4: "nan"})
+        result = _run_epoch(model, loss_fn, optimizer, batches, opts)
+        assert result["skipped_steps"] == 2 and result["steps"] == 4
+        results.append((result, [p.detach().clone() for p in model.parameters()], optimizer))
+    (dev_result, dev_params, dev_opt), (host_result, host_params, _) = results
+    assert dev_result["train_loss"] == host_result["train_loss"]
+    assert all(torch.equal(a, b) for a, b in zip(dev_params, host_params, strict=True))
+    if name == "adamw":  # skipped steps do not advance Adam's step count (bias correction)
+        assert all(int(s["step"]) == 4 for s in dev_opt.state.values())
 
 
 def test_nan_batchnorm_statistics_count_as_a_fault() -> None:

@@ -172,7 +172,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | bool = False, log: Log
         shutdown(ctx)
 
 
-def _images_on_gpu(images: ImageSet, device: torch.device, log: Log) -> ImageSet:
+def images_on_gpu(images: ImageSet, device: torch.device, log: Log) -> ImageSet:
     """Keep the uint8 training images on the GPU when they take at most a quarter of its free memory (facehw:
     250 MiB, all of HW2P2 at 64x64: 4.4 GiB): each step's batch is then indexed on the device, with no host gather,
     pinning or copy. Labels stay on the host, where prototypes and samplers use them."""
@@ -209,7 +209,7 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
     if not ctx.is_main:
         val = pairs = None  # rank 0 alone validates
     if device.type == "cuda":
-        train_set = _images_on_gpu(train_set, device, log)
+        train_set = images_on_gpu(train_set, device, log)
     model = build_model(cfg)
     loss_fn = build_loss_fn(cfg, len(train_set.classes))
     cl = use_channels_last(t.channels_last, device)

@@ -65,7 +65,7 @@ class FitParts:
     dist: DistContext = field(default_factory=DistContext)  # rank 0 alone validates, logs and writes files
 
 
-def _batches(train: ImageSet, sampler: Any, generator: torch.Generator, device: torch.device):
+def epoch_batches(train: ImageSet, sampler: Any, generator: torch.Generator, device: torch.device):
     """The epoch's (uint8 images (B, S, S, 3), labels (B,)) batches, without a host sync per step.
 
     Images that live on the GPU (pipeline.py puts them there when they fit) are indexed there, the epoch's indices
@@ -159,7 +159,7 @@ def fit(
         t0 = time.time()
         result = train_one_epoch(
             parts.train_model or parts.model, parts.train_loss or parts.loss_fn,
-            _batches(parts.train, parts.sampler, gen, parts.opts.device), len(parts.sampler),
+            epoch_batches(parts.train, parts.sampler, gen, parts.opts.device), len(parts.sampler),
             parts.optimizer, parts.schedule, state.global_step, parts.aug, aug_gen, parts.opts, progress, epoch,
             should_stop,
         )

@@ -3,6 +3,12 @@
 Numerical faults: a step whose loss or gradient norm is not finite is skipped (counted as `skipped_steps`, the
 first one of an epoch is printed). An epoch with too many of them triggers `FaultPolicy`: the weights and optimiser
 state of the last good checkpoint are reloaded and the learning rate is scaled down (`recover_from_faults`).
+
+No host synchronisation inside the step: the optimisers are the fused ones, which take a `found_inf` flag on the
+device and leave weights, momentum and step counts untouched when it is set (as `torch.amp.GradScaler` uses them),
+so a non-finite step is skipped on the device and the host never waits for the loss. Loss, accuracy and counts are
+summed on the device and read at log points and at the end of the epoch. An optimiser without fused kernels falls
+back to one host sync per step.
 """
 
 from __future__ import annotations
@@ -84,12 +90,40 @@ def build_optimizer(
     for params, wd in ((matrices, weight_decay), (scalars, 0.0)):
         if params:
             groups.append({"params": params, "weight_decay": wd, "lr_scale": scale})
-    fused = {"foreach": True}
+    # fused kernels (CUDA and CPU): one launch per step, and the device-side skip of non-finite steps
+    fast = {"fused": True} if _fused_ok(model, loss_fn) else {"foreach": True}
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, **fused)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, **fast)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, **fused)
+        return torch.optim.AdamW(groups, lr=lr, **fast)
     raise ValueError(f"unknown optimizer {name!r}; choose one of ['adamw', 'sgd']")
+
+
+def _fused_ok(*modules: nn.Module) -> bool:
+    """Fused optimiser kernels exist for floating-point parameters on CUDA and the CPU."""
+    params = [p for m in modules for p in m.parameters()]
+    return all(p.is_floating_point() and p.device.type in ("cuda", "cpu") for p in params)
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step()` honours a device-side `found_inf` flag (the fused SGD / Adam / AdamW kernels)."""
+    return bool(optimizer.defaults.get("fused")) and isinstance(
+        optimizer, (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+    )
+
+
+def _zero_momentum(optimizer: torch.optim.Optimizer) -> None:
+    """Give SGD's momentum buffers a zero start before the first step. The fused kernel otherwise allocates them
+    uninitialised on its first call and fills them there, which a skipped first step would leave as garbage; from
+    zero, the first real step gives buf = momentum * 0 + grad = grad, as SGD's own first step does."""
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if group.get("momentum", 0) and group.get("dampening", 0) == 0:
+            for p in group["params"]:
+                state = optimizer.state[p]
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -115,19 +149,36 @@ def train_one_epoch(
     """Train over `batches` of (uint8 images (B,S,S,3), labels (B,)) and return epoch metrics.
 
     A step whose loss or gradient norm is not finite is skipped (counted as `skipped_steps`) instead of poisoning
-    the weights. The gradient norm is computed every step (one fused reduction, reused by `grad_clip`) and both
-    checks share the step's single host sync. Loss and accuracy are summed on the device; the host reads them
-    only every `log_every` steps.
+    the weights. The gradient norm is computed every step (one fused reduction, reused by `grad_clip`); the skip
+    happens on the device (see the module notes), and loss, accuracy and counts are summed there: the host reads
+    them only every `log_every` steps and at the end.
     """
     model.train()
     loss_fn.train()
     dev = opts.device
     params = [p for p in list(model.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
-    total_loss = torch.zeros((), device=dev)
-    correct = torch.zeros((), device=dev)
-    seen, skipped, done, step = 0, 0, 0, 0
+    on_device = skips_on_device(optimizer)
+    if on_device:
+        _zero_momentum(optimizer)
+    # device-side sums: loss * images, correct, images, good steps, skipped steps; first bad step, its loss, norm
+    sums = torch.zeros(5, device=dev)
+    first_bad = torch.zeros(3, device=dev)
+    warned, step = False, 0
     t0 = time.perf_counter()
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if opts.amp else contextlib.nullcontext()
+
+    def read() -> list[float]:  # one host sync; prints the epoch's first skipped step once
+        nonlocal warned
+        values = torch.cat([sums, first_bad]).tolist()
+        if values[4] and not warned:
+            warned = True
+            print(
+                f"warning: epoch {epoch + 1} step {int(values[5])}: non-finite loss ({values[6]:.4g}) or gradient "
+                f"norm ({values[7]:.4g}); step skipped (counted in skipped_steps)",
+                flush=True,
+            )
+        return values
+
     for step, (images, labels) in enumerate(batches, start=1):
         lr = schedule.lr_at(global_step + step - 1)
         set_lr(optimizer, lr)
@@ -141,39 +192,39 @@ def train_one_epoch(
         loss.backward()
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False) if grads else loss.new_zeros(())
-        if bool(torch.isfinite(loss) & torch.isfinite(norm)):  # the step's one host sync
-            if opts.grad_clip:
-                torch.nn.utils.clip_grads_with_norm_(params, opts.grad_clip, norm)
+        ok = torch.isfinite(loss.detach()) & torch.isfinite(norm)
+        if opts.grad_clip:  # a non-finite norm makes NaN gradients here, but that step is skipped anyway
+            torch.nn.utils.clip_grads_with_norm_(params, opts.grad_clip, norm)
+        if on_device:
+            optimizer.found_inf = (~ok).float()  # read by the fused kernel: skip the update on the device
             optimizer.step()
-            done += 1
-            seen += labels.shape[0]
-            total_loss += loss.detach() * labels.shape[0]
-            if loss_fn.has_logits:
-                with torch.no_grad():
-                    correct += (loss_fn.logits(emb.detach().float()).argmax(1) == labels).sum()
-        else:
-            skipped += 1
-            optimizer.zero_grad(set_to_none=True)
-            if skipped == 1:
-                print(
-                    f"warning: epoch {epoch + 1} step {step}: non-finite loss ({loss.item():.4g}) or gradient "
-                    f"norm ({norm.item():.4g}); step skipped (counted in skipped_steps)",
-                    flush=True,
-                )
+        elif bool(ok):  # an optimiser without fused kernels: one host sync
+            optimizer.step()
+        with torch.no_grad():
+            n = labels.shape[0]
+            good = ok.float()
+            hits = (loss_fn.logits(emb.detach().float()).argmax(1) == labels).sum() if loss_fn.has_logits else 0
+            sums += torch.stack([torch.where(ok, loss.detach() * n, 0.0), good * hits, good * n, good, 1 - good])
+            new = (first_bad[0] == 0) & ~ok
+            bad = torch.stack([torch.full((), float(step), device=dev), loss.detach().float(), norm.float()])
+            first_bad.copy_(torch.where(new, bad, first_bad))
         if progress and (step % opts.log_every == 0 or step == steps):
             elapsed = time.perf_counter() - t0
-            acc = (correct / max(seen, 1)).item() if loss_fn.has_logits else None
-            progress.step(epoch, step, (total_loss / max(seen, 1)).item(), acc, lr, seen / elapsed, elapsed)
+            total, correct, seen = read()[:3]
+            acc = correct / max(seen, 1) if loss_fn.has_logits else None
+            progress.step(epoch, step, total / max(seen, 1), acc, lr, seen / elapsed, elapsed)
         if (opts.max_steps and step >= opts.max_steps) or should_stop():
             break
+    optimizer.found_inf = None  # plain steps elsewhere (tests, other loops) must not see a stale flag
+    total, correct, seen, done, skipped = (read() if step else [0.0] * 8)[:5]
     elapsed = time.perf_counter() - t0
     return {
-        "train_loss": (total_loss / max(seen, 1)).item() if seen else float("nan"),
-        "train_acc": (correct / max(seen, 1)).item() if loss_fn.has_logits and seen else None,
-        "images": seen,
-        "steps": done,
+        "train_loss": total / seen if seen else float("nan"),
+        "train_acc": correct / seen if loss_fn.has_logits and seen else None,
+        "images": int(seen),
+        "steps": int(done),
         "batches": step if steps else 0,
-        "skipped_steps": skipped,
+        "skipped_steps": int(skipped),
         "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
         "train_time_s": elapsed,
         "lr": schedule.lr_at(global_step + max(step, 1) - 1) * optimizer.param_groups[0].get("lr_scale", 1.0),

@@ -16,8 +16,8 @@ def update_centers(
 
     c_j <- c_j - alpha * sum_{i: y_i = j} (c_j - x_i) / (1 + n_j); classes absent from the batch do not move.
     """
-    num_classes = centers.shape[0]
-    counts = torch.bincount(labels, minlength=num_classes).to(centers.dtype)  # (C,)
+    ones = torch.ones_like(labels, dtype=centers.dtype)
+    counts = torch.zeros_like(centers[:, 0]).index_add(0, labels, ones)  # (C,); bincount would sync with the host
     sums = torch.zeros_like(centers, dtype=embeddings.dtype).index_add(0, labels, embeddings)  # (C, D)
     delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])
     return centers - alpha * delta
@@ -47,6 +47,7 @@ class CenterLoss(EmbeddingLoss):
             x = embeddings.float()
             loss = 0.5 * (x - self.centers[labels]).pow(2).sum(1).mean()
             if self.training:
-                with torch.no_grad():
-                    self.centers.copy_(update_centers(self.centers, x, labels, self.alpha))
+                with torch.no_grad():  # a non-finite batch (a step that will be skipped) leaves the centres alone
+                    new = update_centers(self.centers, x, labels, self.alpha)
+                    self.centers.copy_(torch.where(torch.isfinite(x).all(), new, self.centers))
         return loss

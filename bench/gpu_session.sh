@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Every GPU measurement of docs/benchmarks.md in one command, for a short lease on a lent GPU.
+#
+#   bench/gpu_session.sh FACEHW_TGZ [OUT_DIR]
+#
+# FACEHW_TGZ: an archive holding facehw/ (train_data, val_data, the val pair file and its images), made here with
+#   tar -czf .data/facehw_gpu.tgz -C ../shared/data -T list   (see docs/benchmarks.md for the list)
+# Runs with whatever python3 has torch (PYTHONPATH=src, no install). Each step has its own time limit and log under
+# OUT_DIR, so one failure does not lose the others; the summary table is printed last.
+set -u
+tgz=${1:?usage: bench/gpu_session.sh FACEHW_TGZ [OUT_DIR]}
+out=${2:-${OUT:-gpu_out}}
+mkdir -p "$out"
+repo=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH=$repo/src:$repo/bench PYTHONUNBUFFERED=1 FACEREC_CACHE=/tmp/facerec_cache
+work=/tmp/facerec_gpu
+rm -rf "$work" && mkdir -p "$work"
+py=${PY:-python3}
+
+step() {  # step NAME SECONDS CMD...: run with a limit, log to $out/NAME.log, note the exit status
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  echo "== $name (limit ${limit}s): $*"
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: exit $rc after $((SECONDS - t0))s"
+  tail -n 4 "$out/$name.log"
+  echo "$name $rc $((SECONDS - t0))" >>"$out/steps.txt"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+$py -c "import torch, torchvision, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, \
+'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, 'cpus', __import__('os').cpu_count())" \
+  | tee -a "$out/gpu.txt"
+tar -xzf "$tgz" -C "$work"
+data=$work/facehw
+
+# 1. correctness on the GPU: no host sync in the step, device-side skip, NCCL gather + DDP
+step test_gpu 120 $py -m pytest -q -p no:cacheprovider "$repo/tests/test_gpu.py"
+# 2. pack (decode once; 16 threads)
+step pack 120 $py -m facerec pack "$data" "$work/pack"
+# 3. training images/s, student vs facerec (eager and compiled), same model, batch, loss, device
+step throughput 240 $py "$repo/bench/train_throughput.py" --device cuda --data "$data" --pack "$work/pack" \
+  --models resnet34,resnet18 --batch-size 256 --steps 100 --warmup 10 --compile resnet34
+# 4. end to end: `facerec train` from the pack, ResNet-34 recipe, compiled; images/s and time to AUC
+step train_r34 240 $py -m facerec train --data "$work/pack" --out "$work/r34" --config gpu_resnet34 \
+  train.epochs=10 train.compile=true train.log_every=1000
+# 5. the CPU reference recipe on the GPU: time to AUC against the CPU run in docs/benchmarks.md
+step train_cpu_recipe 120 $py -m facerec train --data "$work/pack" --out "$work/cpu_recipe" --config cpu \
+  train.log_every=1000
+# 6. inference embeddings/s
+step inference 120 $py "$repo/bench/inference.py" --gpu-only --images 16384 --batch-size 512 --repeat 2
+
+for run in r34 cpu_recipe; do
+  cp "$work/$run/metrics.jsonl" "$out/metrics_$run.jsonl" 2>/dev/null
+done
+for run in r34 cpu_recipe; do
+  $py "$repo/bench/time_to_auc.py" "$work/$run" >>"$out/time_to_auc.log" 2>&1
+done
+
+echo "================ summary"
+cat "$out/steps.txt"
+grep -h -A4 "^model" "$out/throughput.log" "$out/inference.log" 2>/dev/null
+$py - "$work" <<'EOF'
+import json, statistics, sys
+from pathlib import Path
+for run in ("r34", "cpu_recipe"):
+    f = Path(sys.argv[1]) / run / "metrics.jsonl"
+    if not f.exists():
+        print(run, "no metrics"); continue
+    ep = [json.loads(l) for l in f.read_text().splitlines() if '"epoch"' in l]
+    ep = [r for r in ep if r.get("event") == "epoch"]
+    if not ep:
+        print(run, "no epochs"); continue
+    rates = [r["images_per_s"] for r in ep]
+    later = rates[1:] or rates
+    best = max(ep, key=lambda r: r.get("val_auc") or 0)
+    total = sum(r["epoch_time_s"] for r in ep)
+    print(f"{run}: {len(ep)} epochs, train img/s epoch1 {rates[0]:.0f}, median later {statistics.median(later):.0f}, "
+          f"max {max(later):.0f}; wall {total:.0f}s; best val_auc {best.get('val_auc')} "
+          f"(epoch {best['epoch']}), val_acc {best.get('val_acc')}")
+EOF
+cat "$out/time_to_auc.log"
