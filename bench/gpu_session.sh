@@ -6,7 +6,8 @@
 # FACEHW_TGZ: an archive holding facehw/ (train_data, val_data, the val pair file and its images), made here with
 #   tar -czf .data/facehw_gpu.tgz -C ../shared/data -T list   (see docs/benchmarks.md for the list)
 # Runs with whatever python3 has torch (PYTHONPATH=src, no install). Each step has its own time limit and log under
-# OUT_DIR, so one failure does not lose the others; the summary table is printed last.
+# OUT_DIR, so one failure does not lose the others; the summary table is printed last. STEPS="pack train_r34 ..."
+# runs only the named steps (pack is needed by throughput, throughput512 and the training runs).
 set -u
 tgz=${1:?usage: bench/gpu_session.sh FACEHW_TGZ [OUT_DIR]}
 out=${2:-${OUT:-gpu_out}}
@@ -20,6 +21,7 @@ py=${PY:-python3}
 step() {  # step NAME SECONDS CMD...: run with a limit, log to $out/NAME.log, note the exit status
   local name=$1 limit=$2
   shift 2
+  if [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]]; then return; fi
   local t0=$SECONDS
   echo "== $name (limit ${limit}s): $*"
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
@@ -51,6 +53,11 @@ step train_cpu_recipe 120 $py -m facerec train --data "$work/pack" --out "$work/
   train.log_every=1000
 # 6. inference embeddings/s
 step inference 120 $py "$repo/bench/inference.py" --gpu-only --images 16384 --batch-size 512 --repeat 2
+# 7. where the ResNet-34 step's time goes (kernels, device busy share, TFLOP/s)
+step profile 90 $py "$repo/bench/profile_step.py" --model resnet34 --batch-size 256 --device cuda
+# 8. the same comparison at batch 512 (eager)
+step throughput512 150 $py "$repo/bench/train_throughput.py" --device cuda --data "$data" --pack "$work/pack" \
+  --models resnet34 --batch-size 512 --steps 60 --warmup 6
 
 for run in r34 cpu_recipe; do
   cp "$work/$run/metrics.jsonl" "$out/metrics_$run.jsonl" 2>/dev/null
@@ -61,7 +68,8 @@ done
 
 echo "================ summary"
 cat "$out/steps.txt"
-grep -h -A4 "^model" "$out/throughput.log" "$out/inference.log" 2>/dev/null
+grep -h -A4 "^model" "$out/throughput.log" "$out/throughput512.log" "$out/inference.log" 2>/dev/null
+grep -h "ms/step\|device busy" "$out/profile.log" 2>/dev/null
 $py - "$work" <<'EOF'
 import json, statistics, sys
 from pathlib import Path

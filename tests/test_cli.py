@@ -131,3 +131,23 @@ def test_list_commands(capsys):
         assert name in out
     assert main(["list", "backbones"]) == 0
     assert "resnet34" in capsys.readouterr().out
+
+
+def test_compiled_training_matches_eager(hw2p2_dir: Path, tmp_path: Path, cache, monkeypatch):
+    """train.compile=true wraps the model in torch.compile's module (which refuses bool() and len()); the run must
+    train and save the plain model's weights. The "eager" backend keeps the test free of a C++ compiler, and so
+    computes what eager mode computes."""
+    import functools
+
+    import facerec.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline.torch, "compile", functools.partial(torch.compile, backend="eager"))
+    args = ["--data", str(hw2p2_dir), "train.epochs=2", *TINY]
+    assert main(["train", "--out", str(tmp_path / "eager"), *args]) == 0
+    assert main(["train", "--out", str(tmp_path / "compiled"), *args, "train.compile=true"]) == 0
+    a, b = (
+        [r for r in read_metrics(tmp_path / run) if r["event"] == "epoch"] for run in ("eager", "compiled")
+    )
+    assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-4)
+    saved = torch.load(tmp_path / "compiled" / "best.pt", weights_only=True)["model"]
+    assert not any(k.startswith("_orig_mod") for k in saved)  # the plain model's names

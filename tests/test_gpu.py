@@ -82,7 +82,7 @@ def test_a_non_finite_step_is_skipped_on_the_gpu_without_a_sync() -> None:
     forward = loss_fn.forward
     loss_fn.forward = lambda e, y: forward(e, y) * math.nan  # every step non-finite
     x = torch.randint(0, 256, (4, 16, 16, 16, 3), dtype=torch.uint8, device=dev)
-    y = (torch.arange(16, device=dev) % CLASSES).view(4, 16)
+    y = (torch.arange(64, device=dev) % CLASSES).view(4, 16)
     batches = iter(list(zip(x, y, strict=True)))
     result = train_one_epoch(model, loss_fn, _no_sync_after_first(batches), 4, optimizer, LRSchedule(0.05, 1, 4),
                              0, get_preset("none"), torch.Generator(device=dev).manual_seed(0), StepOptions(dev))

@@ -158,7 +158,8 @@ def fit(
         parts.loss_fn.on_epoch_start(epoch)
         t0 = time.time()
         result = train_one_epoch(
-            parts.train_model or parts.model, parts.train_loss or parts.loss_fn,
+            parts.train_model if parts.train_model is not None else parts.model,  # a compiled module has no bool
+            parts.train_loss if parts.train_loss is not None else parts.loss_fn,
             epoch_batches(parts.train, parts.sampler, gen, parts.opts.device), len(parts.sampler),
             parts.optimizer, parts.schedule, state.global_step, parts.aug, aug_gen, parts.opts, progress, epoch,
             should_stop,
