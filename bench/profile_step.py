@@ -81,13 +81,17 @@ def main() -> None:
         run(args.steps)
     key = "device_time_total" if cuda else "cpu_time_total"
     events = prof.key_averages()
-    print(events.table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
+    try:
+        print(events.table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
+    except (AttributeError, KeyError):  # older torch: CUDA-named columns
+        print(events.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
     flops = train_flops_per_image(args.model, args.image_size)
     rate = args.batch_size / wall
     print(f"{args.model} batch {args.batch_size}: {wall * 1e3:.1f} ms/step, {rate:,.0f} img/s unprofiled; "
           f"{flops / 1e9:.1f} GFLOP/img (train) -> {flops * rate / 1e12:.0f} TFLOP/s")
     if cuda:
-        busy = sum(e.self_device_time_total for e in events) / 1e6 / args.steps  # us -> s per step
+        own = [getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) for e in events]
+        busy = sum(own) / 1e6 / args.steps  # us -> s per step
         print(f"device busy {busy * 1e3:.1f} ms per step = {busy / wall:.0%} of the unprofiled step")
 
 
