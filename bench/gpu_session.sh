@@ -44,7 +44,7 @@ step test_gpu 120 $py -m pytest -q -p no:cacheprovider "$repo/tests/test_gpu.py"
 step pack 120 $py -m facerec pack "$data" "$work/pack"
 # 3. training images/s, student vs facerec (eager and compiled), same model, batch, loss, device
 step throughput 240 $py "$repo/bench/train_throughput.py" --device cuda --data "$data" --pack "$work/pack" \
-  --models resnet34,resnet18 --batch-size 256 --steps 100 --warmup 10 --compile resnet34
+  --models resnet34,resnet18 --batch-size 256 --steps 150 --warmup 30 --compile resnet34
 # 4. end to end: `facerec train` from the pack, ResNet-34 recipe, compiled; images/s and time to AUC
 step train_r34 240 $py -m facerec train --data "$work/pack" --out "$work/r34" --config gpu_resnet34 \
   train.epochs=10 train.compile=true train.log_every=1000

@@ -90,7 +90,10 @@ def main() -> None:
     print(f"{args.model} batch {args.batch_size}: {wall * 1e3:.1f} ms/step, {rate:,.0f} img/s unprofiled; "
           f"{flops / 1e9:.1f} GFLOP/img (train) -> {flops * rate / 1e12:.0f} TFLOP/s")
     if cuda:
-        own = [getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) for e in events]
+        from torch.autograd import DeviceType
+
+        own = [getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+               for e in events if e.device_type == DeviceType.CPU]  # kernel time counted once, at its op
         busy = sum(own) / 1e6 / args.steps  # us -> s per step
         print(f"device busy {busy * 1e3:.1f} ms per step = {busy / wall:.0%} of the unprofiled step")
 
