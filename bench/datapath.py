@@ -3,8 +3,9 @@
 student  torchvision ImageFolder: open + decode the JPEG (PIL), RandomHorizontalFlip, ToTensor, Normalize, one
          image at a time, collated into batches by a DataLoader in the main process (num_workers=0).
 packed   a random batch indexed out of the decoded (N, S, S, 3) uint8 array, converted to float (B, 3, S, S) in
-         [-1, 1] and augmented in one batched call: "flip" (the student's augmentation) and "standard" (flip +
-         affine jitter + colour, what `facerec train` uses by default).
+         [-1, 1] (channels_last, as `facerec train` feeds the network) and augmented in one batched call, in place
+         as the training step does: "flip" (the student's augmentation) and "standard" (flip + affine jitter +
+         colour, what `facerec train` uses by default).
 The same --images images (a random subset of the training split) in each; decoding them into the array once
 (what `facerec pack` does) is timed too. One torch thread; the rate is images per CPU-second of this process
 (time.process_time), i.e. per core, which other processes competing for the cores do not distort; wall-clock
@@ -42,7 +43,7 @@ def packed(images: torch.Tensor, batch: int, preset: str, rounds: int = 3) -> tu
     with Timer() as t:
         for _ in range(rounds):  # several epochs over the subset: the array is reused, never decoded again
             for idx in torch.randperm(len(images), generator=gen).split(batch):
-                x = augment(to_input(images[idx]), spec, gen)
+                x = augment(to_input(images[idx], channels_last=True), spec, gen, inplace=True)  # as trained
                 n += x.shape[0]
     return t.rates(n)
 

@@ -87,6 +87,10 @@ def test_flip_preset_mirrors_exactly_and_none_is_identity():
     flipped = (y == x.flip(3)).flatten(1).all(1)
     same = (y == x).flatten(1).all(1)
     assert (flipped | same).all() and 10 < flipped.sum() < 54
+    fresh = x.clone()  # the in-place variant (the training step's) flips the same images, inside its input
+    z = augment(fresh, get_preset("flip"), torch.Generator().manual_seed(0), inplace=True)
+    assert torch.equal(z, augment(x, get_preset("flip"), torch.Generator().manual_seed(0)))
+    assert torch.equal(fresh, z) and not torch.equal(fresh, x)
     assert torch.equal(augment(x, PRESETS["none"], g), x)
     with pytest.raises(ValueError, match="choose one of"):
         get_preset("heavy")

@@ -54,8 +54,12 @@ def _uniform(n: int, amount: float, generator: torch.Generator, device: torch.de
     return (torch.rand(n, generator=generator, device=device) * 2 - 1) * amount
 
 
-def augment(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
-    """Augment a float batch (B, 3, H, W) in [-1, 1]; `generator` must live on x's device."""
+def augment(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator, inplace: bool = False) -> torch.Tensor:
+    """Augment a float batch (B, 3, H, W) in [-1, 1]; `generator` must live on x's device.
+
+    `inplace=True` lets the flip-only preset mirror the chosen images inside `x` (pass a fresh batch, as the
+    training step does): on the CPU that moves half the bytes of a full flip-and-select.
+    """
     b, dev = x.shape[0], x.device
     if spec.scale or spec.shift or spec.rotate or spec.flip:
         angle = _uniform(b, math.radians(spec.rotate), generator, dev)
@@ -72,7 +76,10 @@ def augment(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> t
         if spec.scale or spec.shift or spec.rotate:
             grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        else:  # flip only: exact, no resampling
+        elif inplace and dev.type == "cpu":  # flip only: exact; index the chosen images (no device to sync)
+            chosen = (sign < 0).nonzero().squeeze(1)
+            x[chosen] = x[chosen].flip(3)
+        else:  # flip only: exact, no resampling; no data-dependent shapes (no host sync on a GPU)
             x = torch.where((sign < 0).view(b, 1, 1, 1), x.flip(3), x)
     if spec.brightness or spec.contrast or spec.saturation or spec.grayscale:
         x = (x + 1) * 0.5  # colour maths in [0, 1]

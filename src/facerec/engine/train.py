@@ -184,7 +184,7 @@ def train_one_epoch(
         set_lr(optimizer, lr)
         images = images.to(dev, non_blocking=True)
         labels = labels.to(dev, non_blocking=True)
-        x = augment(to_input(images, opts.channels_last), aug, generator)
+        x = augment(to_input(images, opts.channels_last), aug, generator, inplace=True)  # a fresh batch
         with autocast:
             emb = model(x)
         loss = loss_fn(emb.float(), labels)
