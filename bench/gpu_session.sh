@@ -37,6 +37,9 @@ $py -c "import torch, torchvision, sys; print('python', sys.version.split()[0], 
   | tee -a "$out/gpu.txt"
 tar -xzf "$tgz" -C "$work"
 data=$work/facehw
+# GPU clocks, power and utilisation once a second, beside every step (sustained-load clocks vary)
+nvidia-smi dmon -s pucm -d 1 >"$out/dmon.log" 2>&1 &
+dmon=$!
 
 # 1. correctness on the GPU: no host sync in the step, device-side skip, NCCL gather + DDP
 step test_gpu 120 $py -m pytest -q -p no:cacheprovider "$repo/tests/test_gpu.py"
@@ -58,6 +61,10 @@ step profile 90 $py "$repo/bench/profile_step.py" --model resnet34 --batch-size 
 # 8. the same comparison at batch 512 (eager)
 step throughput512 150 $py "$repo/bench/train_throughput.py" --device cuda --data "$data" --pack "$work/pack" \
   --models resnet34 --batch-size 512 --steps 60 --warmup 6
+# 9. the same comparison with the gpu_resnet34 recipe's model, loss and augmentation (what step 4 trains)
+step throughput_recipe 200 $py "$repo/bench/train_throughput.py" --device cuda --data "$data" --pack "$work/pack" \
+  --models resnet34 --batch-size 256 --steps 150 --warmup 30 --compile resnet34 --recipe gpu_resnet34
+kill "$dmon" 2>/dev/null
 
 for run in r34 cpu_recipe; do
   cp "$work/$run/metrics.jsonl" "$out/metrics_$run.jsonl" 2>/dev/null
@@ -68,7 +75,7 @@ done
 
 echo "================ summary"
 cat "$out/steps.txt"
-grep -h -A4 "^model" "$out/throughput.log" "$out/throughput512.log" "$out/inference.log" 2>/dev/null
+grep -h -A4 "^model" "$out"/throughput*.log "$out/inference.log" 2>/dev/null
 grep -h "ms/step\|device busy" "$out/profile.log" 2>/dev/null
 $py - "$work" <<'EOF'
 import json, statistics, sys
@@ -90,3 +97,8 @@ for run in ("r34", "cpu_recipe"):
           f"(epoch {best['epoch']}), val_acc {best.get('val_acc')}")
 EOF
 cat "$out/time_to_auc.log"
+# the device tool returns at most 8 files: pack the logs into one (kept loose above in case the call is cut short)
+shopt -s nullglob
+cd "$out" || exit 0
+logs=(*.log *.jsonl steps.txt)
+tar -czf logs.tgz "${logs[@]}" && for f in "${logs[@]}"; do [ "$f" = session.log ] || rm -f "$f"; done

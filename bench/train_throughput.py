@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
+from facerec.config import Config, apply_overrides, load_config, recipe_path
 from facerec.data.augment import get_preset
 from facerec.data.memory import ImageSet
 from facerec.data.sampler import RandomBatchSampler
@@ -38,14 +39,22 @@ from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
-from facerec.pipeline import images_on_gpu, use_channels_last
+from facerec.pipeline import build_loss_fn, build_model, images_on_gpu, use_channels_last
 
 
-def _parts(model_name: str, classes: int, size: int, device: torch.device, channels_last: bool):
+def _parts(recipe: Config | None, model_name: str, classes: int, size: int, device: torch.device,
+           channels_last: bool):
+    """Model, loss and optimiser, the same for both sides: `recipe`'s model and loss (--recipe), else 256-d +
+    softmax."""
     torch.manual_seed(0)
-    model = FaceEmbedder(model_name, 256, image_size=size)
+    if recipe is not None:
+        cfg = apply_overrides(recipe, [f"model.backbone={model_name}", f"data.image_size={size}"])
+        model, loss = build_model(cfg), build_loss_fn(cfg, classes)
+    else:
+        model = FaceEmbedder(model_name, 256, image_size=size)
+        loss = build_combined_loss([("softmax", 1.0, {})], embedding_dim=256, num_classes=classes)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    loss = build_combined_loss([("softmax", 1.0, {})], embedding_dim=256, num_classes=classes).to(device)
+    loss = loss.to(device)
     return model, loss, build_optimizer(model, loss, "sgd", 0.01, 5e-4)
 
 
@@ -56,7 +65,8 @@ def student(args: argparse.Namespace, model_name: str, device: torch.device) -> 
     data = ImageFolder(str(train_dir(data_root(args.data))), transform=tf)
     loader = DataLoader(data, args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True,
                         pin_memory=device.type == "cuda")
-    model, loss_fn, opt = _parts(model_name, len(data.classes), args.image_size, device, channels_last=False)
+    model, loss_fn, opt = _parts(args.recipe_cfg, model_name, len(data.classes), args.image_size, device,
+                                 channels_last=False)
     model.train()
 
     def epochs():  # epoch after epoch, as a training script's loop does (workers restart each epoch)
@@ -92,7 +102,7 @@ def ours(args: argparse.Namespace, model_name: str, device: torch.device, images
          compile: bool = False) -> tuple[float, float]:
     """images/s of facerec's training step on the decoded uint8 tensor, batches as `facerec train` makes them."""
     cl = use_channels_last("auto", device)
-    model, loss_fn, opt = _parts(model_name, len(images.classes), args.image_size, device, cl)
+    model, loss_fn, opt = _parts(args.recipe_cfg, model_name, len(images.classes), args.image_size, device, cl)
     train_model = torch.compile(model) if compile else model
     gen = torch.Generator().manual_seed(0)
     aug_gen = torch.Generator(device=device).manual_seed(0)
@@ -107,7 +117,8 @@ def ours(args: argparse.Namespace, model_name: str, device: torch.device, images
 
     def run(n: int) -> None:
         opts = StepOptions(device, amp=use_amp(args.amp, device), channels_last=cl, log_every=10**9, max_steps=n)
-        train_one_epoch(train_model, loss_fn, stream, n, opt, schedule, 0, get_preset("standard"), aug_gen, opts)
+        preset = get_preset(args.recipe_cfg.data.augment if args.recipe_cfg is not None else "standard")
+        train_one_epoch(train_model, loss_fn, stream, n, opt, schedule, 0, preset, aug_gen, opts)
 
     if args.warmup:
         run(args.warmup)  # with --compile, the compilation happens here
@@ -130,9 +141,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: 1 on CPU, torch's default on CUDA)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto", help="facerec's train.amp")
+    p.add_argument("--recipe", help="take embedding size, dropout, neck, loss and augmentation from this recipe "
+                   "(e.g. gpu_resnet34; default: 256-d, softmax, standard augmentation)")
     p.add_argument("--compile", default="", metavar="MODELS",
                    help="also time facerec under torch.compile for these models (comma-separated, or all)")
     args = p.parse_args()
+    args.recipe_cfg = load_config(recipe_path(args.recipe)) if args.recipe else None
     device = device_from(args.device)
     cpu = device.type == "cpu"
     if args.workers is None:
