@@ -72,6 +72,7 @@ def test_report_from_full_run(tmp_path: Path) -> None:
     for section in ("## Architecture", "## Loss", "## Hyperparameters", "## Results", "## Per epoch"):
         assert section in md
     assert "ResNet34" in md  # the model summary is included
+    assert "global average pooling" in md  # the neck (make_run's config leaves it at the default, pool)
     ver = verification_report(**np.load(run / "val_pair_scores.npz"))
     assert f"{100 * ver['tar@far=1e-2']:.2f} %" in md and f"{ver['best_threshold']:.3f}" in md
     for name in ("curves.png", "roc.png", "score_hist.png"):

@@ -187,9 +187,14 @@ def _architecture(run: Path, cfg: dict, start: dict) -> str:
     model, n = cfg.get("model") or {}, _float(start.get("num_params"))
     px = (cfg.get("data") or {}).get("image_size", "?")
     size = "parameter count not logged" if math.isnan(n) else f"{n / 1e6:.2f} M parameters"
+    neck = {
+        "pool": "global average pooling of the last feature map",
+        "flatten": "the last feature map flattened (keeps where each feature is)",
+    }.get(model.get("neck", "pool"), f"neck {model.get('neck')!r}")
     text = (
-        f"## Architecture\n\nBackbone `{model.get('backbone', '?')}` followed by a "
-        f"{model.get('embedding_dim', '?')}-d embedding layer (dropout {model.get('dropout', 0)}); {size}. "
+        f"## Architecture\n\nBackbone `{model.get('backbone', '?')}`; BatchNorm and dropout "
+        f"({model.get('dropout', 0)}) on its last feature map; {neck}; a {model.get('embedding_dim', '?')}-d "
+        f"linear layer with BatchNorm: the embedding, the network's penultimate layer. {size}. "
         f"Input {px}×{px} px RGB; {_fmt(_float(start.get('num_classes')), 'int')} training identities."
     )
     summary = run / "model_summary.txt"
