@@ -42,6 +42,10 @@ class FitState:
     best_value: float | None = None
     best_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    # an epoch stopped part-way (Ctrl-C): batches it trained, its metrics so far, its augmentation generator
+    step_in_epoch: int = 0
+    partial: dict[str, float] = field(default_factory=dict)
+    aug_state: torch.Tensor | None = None
 
 
 @dataclass
@@ -65,13 +69,15 @@ class FitParts:
     dist: DistContext = field(default_factory=DistContext)  # rank 0 alone validates, logs and writes files
 
 
-def epoch_batches(train: ImageSet, sampler: Any, generator: torch.Generator, device: torch.device):
+def epoch_batches(train: ImageSet, sampler: Any, generator: torch.Generator, device: torch.device, skip: int = 0):
     """The epoch's (uint8 images (B, S, S, 3), labels (B,)) batches, without a host sync per step.
 
     Images that live on the GPU (pipeline.py puts them there when they fit) are indexed there, the epoch's indices
     and labels copied over once; host images are gathered into pinned memory so the copy to the GPU is async.
+    `skip` leaves out the first batches (an interrupted epoch resumes after them): the whole order is still drawn,
+    so the generator ends where it would have.
     """
-    batches = list(sampler.batches(generator))
+    batches = list(sampler.batches(generator))[skip:]
     if not batches:
         return
     order, sizes = torch.cat(batches), [len(b) for b in batches]
@@ -151,21 +157,34 @@ def fit(
     t_start = time.time()
     rollbacks = 0  # epochs with too many non-finite steps (engine/train.py FaultPolicy)
     for epoch in range(state.epoch, epochs):
-        torch.manual_seed(seed * 1_000_003 + epoch)
+        # an epoch interrupted part-way continues after its last step, with the random state saved there (the
+        # global one came back with the checkpoint): the run then matches one that was never stopped
+        skip = state.step_in_epoch if epoch == state.epoch else 0
+        if not skip:
+            torch.manual_seed(seed * 1_000_003 + epoch)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         aug_seed = seed * 7_919 + epoch + 7_777_777 * parts.dist.rank  # ranks augment their slices differently
         aug_gen = torch.Generator(device=parts.opts.device).manual_seed(aug_seed)
+        if skip and state.aug_state is not None:
+            aug_gen.set_state(state.aug_state)
         parts.loss_fn.on_epoch_start(epoch)
         t0 = time.time()
         result = train_one_epoch(
             parts.train_model if parts.train_model is not None else parts.model,  # a compiled module has no bool
             parts.train_loss if parts.train_loss is not None else parts.loss_fn,
-            epoch_batches(parts.train, parts.sampler, gen, parts.opts.device), len(parts.sampler),
+            epoch_batches(parts.train, parts.sampler, gen, parts.opts.device, skip), len(parts.sampler) - skip,
             parts.optimizer, parts.schedule, state.global_step, parts.aug, aug_gen, parts.opts, progress, epoch,
             should_stop,
         )
+        if skip:
+            result = merge_partial(state.partial, result)
         interrupted = should_stop()
-        state.global_step += result.pop("batches")
+        batches = result.pop("batches")
+        state.global_step += batches
+        state.step_in_epoch, state.partial, state.aug_state = 0, {}, None
+        if interrupted:  # where to pick the epoch up again
+            state.step_in_epoch, state.partial = skip + batches, _numbers(result)
+            state.aug_state = aug_gen.get_state()
         if parts.dist.enabled:  # every rank steps in lockstep: the job's throughput is N x rank 0's
             result.update(images=result["images"] * parts.dist.world_size,
                           images_per_s=result["images_per_s"] * parts.dist.world_size)
@@ -217,15 +236,39 @@ def fit(
     return state
 
 
+def merge_partial(before: dict[str, float], after: dict[str, Any]) -> dict[str, Any]:
+    """One epoch's training metrics from its part before an interruption and its part after the resume."""
+    n0, n1 = before.get("images", 0.0), after["images"]
+    n = n0 + n1
+
+    def mean(key: str) -> float | None:  # image-weighted; a part without images has no (or a NaN) value
+        a, b = before.get(key), after.get(key)
+        if not n1 or b is None:
+            return a
+        if not n0 or a is None:
+            return b
+        return (a * n0 + b * n1) / n
+
+    merged = dict(after)
+    merged.update(train_loss=mean("train_loss"), train_acc=mean("train_acc"), images=int(n))
+    for key in ("steps", "skipped_steps", "train_time_s"):
+        merged[key] = before.get(key, 0) + after[key]
+    merged["steps"], merged["skipped_steps"] = int(merged["steps"]), int(merged["skipped_steps"])
+    merged["images_per_s"] = n / merged["train_time_s"] if merged["train_time_s"] > 0 else 0.0
+    return merged
+
+
 def _numbers(d: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in d.items() if isinstance(v, int | float) and v is not None}
 
 
 def _state_dict(state: FitState) -> dict[str, Any]:
     return {"epoch": state.epoch, "global_step": state.global_step, "best_value": state.best_value,
-            "best_epoch": state.best_epoch}
+            "best_epoch": state.best_epoch, "step_in_epoch": state.step_in_epoch, "partial": state.partial,
+            "aug_state": state.aug_state}
 
 
 def load_fit_state(d: dict[str, Any]) -> FitState:
     return FitState(epoch=d["epoch"], global_step=d["global_step"], best_value=d["best_value"],
-                    best_epoch=d["best_epoch"])
+                    best_epoch=d["best_epoch"], step_in_epoch=d.get("step_in_epoch", 0),
+                    partial=d.get("partial") or {}, aug_state=d.get("aug_state"))
