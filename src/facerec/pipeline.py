@@ -244,7 +244,7 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
     elif t.init_from:
         _init_weights(model, t.init_from, log)
     amp = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
-    if device.type == "cpu" and not amp and cpu_has_bf16():
+    if device.type == "cpu" and t.amp == "auto" and cpu_has_bf16():  # not when the user chose "off"
         log("hint: this CPU has bf16 matrix instructions; train.amp=bf16 trained the cpu recipe 1.6-1.8x faster "
             "at the same val AUC (docs/benchmarks.md)")
     opts = StepOptions(device, amp, cl, o.grad_clip, t.log_every, t.max_steps_per_epoch)
