@@ -8,7 +8,9 @@
 # Runs with whatever python3 has torch (PYTHONPATH=src, no install). Each step has its own time limit and log under
 # OUT_DIR, so one failure does not lose the others; the summary table is printed last. STEPS="pack train_r34 ..."
 # runs only the named steps (pack is needed by the throughput steps and the training runs). All steps: about
-# 8 minutes on an H200 (2026-11-28), within one 10-minute call.
+# 9 minutes on an H200 (estimated from the 2026-11-28 runs), close to one call's 10 minutes; to be safe, split:
+#   STEPS="test_gpu pack throughput train_r34 train_cpu_recipe inference"      (about 5 minutes)
+#   STEPS="pack profile profile_compiled throughput512 throughput_recipe"       (about 4.5 minutes)
 set -u
 tgz=${1:?usage: bench/gpu_session.sh FACEHW_TGZ [OUT_DIR]}
 out=${2:-${OUT:-gpu_out}}
@@ -59,6 +61,8 @@ step train_cpu_recipe 120 $py -m facerec train --data "$work/pack" --out "$work/
 step inference 120 $py "$repo/bench/inference.py" --gpu-only --images 16384 --batch-size 512 --repeat 2
 # 7. where the ResNet-34 step's time goes (kernels, device busy share, TFLOP/s)
 step profile 90 $py "$repo/bench/profile_step.py" --model resnet34 --batch-size 256 --device cuda
+# 7b. the same, compiled: does compile fuse the BatchNorm work away here (the trainer's gain) or not (the bench's)?
+step profile_compiled 150 $py "$repo/bench/profile_step.py" --model resnet34 --batch-size 256 --device cuda --compile
 # 8. the same comparison at batch 512 (eager)
 step throughput512 150 $py "$repo/bench/train_throughput.py" --device cuda --data "$data" --pack "$work/pack" \
   --models resnet34 --batch-size 512 --steps 60 --warmup 6
@@ -76,7 +80,7 @@ done
 echo "================ summary"
 cat "$out/steps.txt"
 grep -h -A4 "^model" "$out"/throughput*.log "$out/inference.log" 2>/dev/null
-grep -h "ms/step\|device busy" "$out/profile.log" 2>/dev/null
+grep -h "ms/step\|device busy" "$out"/profile*.log 2>/dev/null
 $py - "$work" <<'EOF'
 import json, statistics, sys
 from pathlib import Path

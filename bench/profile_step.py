@@ -4,7 +4,7 @@ Prints the kernels with the most device time, the share of the step's wall time 
 launch or host overhead; near 100%: the kernels themselves are the limit), and the model's arithmetic rate from
 its FLOP count (torch.utils.flop_counter: forward + backward per image).
 
-    python bench/profile_step.py [--model resnet34] [--batch-size 256] [--steps 5] [--device cuda]
+    python bench/profile_step.py [--model resnet34] [--batch-size 256] [--steps 5] [--device cuda] [--compile]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--rows", type=int, default=15)
+    p.add_argument("--compile", action="store_true", help="profile the step under torch.compile (train.compile)")
     args = p.parse_args()
     device = device_from(args.device)
     cuda = device.type == "cuda"
@@ -54,6 +55,7 @@ def main() -> None:
         device, memory_format=torch.channels_last if cl else torch.contiguous_format)
     loss_fn = build_combined_loss([("softmax", 1.0, {})], embedding_dim=256, num_classes=args.classes).to(device)
     opt = build_optimizer(model, loss_fn, "sgd", 0.01, 5e-4)
+    train_model = torch.compile(model) if args.compile else model  # compiled during the warm-up steps
     n = args.batch_size * 4
     images = torch.randint(0, 256, (n, args.image_size, args.image_size, 3), dtype=torch.uint8, device=device)
     labels = torch.randint(0, args.classes, (n,), device=device)
@@ -69,7 +71,8 @@ def main() -> None:
 
     def run(steps: int) -> None:
         opts = StepOptions(device, amp=cuda, channels_last=cl, log_every=10**9, max_steps=steps)
-        train_one_epoch(model, loss_fn, batches, steps, opt, schedule, 0, get_preset("standard"), aug_gen, opts)
+        train_one_epoch(train_model, loss_fn, batches, steps, opt, schedule, 0, get_preset("standard"), aug_gen,
+                        opts)
 
     run(args.warmup)
     sync(device)
@@ -87,7 +90,8 @@ def main() -> None:
         print(events.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
     flops = train_flops_per_image(args.model, args.image_size)
     rate = args.batch_size / wall
-    print(f"{args.model} batch {args.batch_size}: {wall * 1e3:.1f} ms/step, {rate:,.0f} img/s unprofiled; "
+    mode = "compiled" if args.compile else "eager"
+    print(f"{args.model} {mode}, batch {args.batch_size}: {wall * 1e3:.1f} ms/step, {rate:,.0f} img/s unprofiled; "
           f"{flops / 1e9:.1f} GFLOP/img (train) -> {flops * rate / 1e12:.0f} TFLOP/s")
     if cuda:
         from torch.autograd import DeviceType
