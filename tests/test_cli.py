@@ -139,8 +139,11 @@ def test_compiled_training_matches_eager(hw2p2_dir: Path, tmp_path: Path, cache,
     computes what eager mode computes."""
     import functools
 
+    import torch._dynamo as dynamo
+
     import facerec.pipeline as pipeline
 
+    monkeypatch.setattr(dynamo.config, "suppress_errors", False)  # train() sets it; restored afterwards
     monkeypatch.setattr(pipeline.torch, "compile", functools.partial(torch.compile, backend="eager"))
     args = ["--data", str(hw2p2_dir), "train.epochs=2", *TINY]
     assert main(["train", "--out", str(tmp_path / "eager"), *args]) == 0
@@ -151,3 +154,26 @@ def test_compiled_training_matches_eager(hw2p2_dir: Path, tmp_path: Path, cache,
     assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-4)
     saved = torch.load(tmp_path / "compiled" / "best.pt", weights_only=True)["model"]
     assert not any(k.startswith("_orig_mod") for k in saved)  # the plain model's names
+
+
+def test_a_backend_that_cannot_compile_falls_back_to_eager(hw2p2_dir: Path, tmp_path: Path, cache, monkeypatch):
+    """train.compile=true on a machine where compiling fails (no Triton, no C++ compiler): the run trains eagerly
+    instead of stopping at its first step."""
+    import functools
+
+    import torch._dynamo as dynamo
+
+    import facerec.pipeline as pipeline
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(dynamo.config, "suppress_errors", False)  # the test's setting is restored afterwards
+    monkeypatch.setattr(pipeline.torch, "compile", functools.partial(torch.compile, backend=broken))
+    args = ["--data", str(hw2p2_dir), "train.epochs=1", *TINY]
+    assert main(["train", "--out", str(tmp_path / "eager"), *args]) == 0
+    assert main(["train", "--out", str(tmp_path / "fallback"), *args, "train.compile=true"]) == 0
+    a, b = (
+        [r for r in read_metrics(tmp_path / run) if r["event"] == "epoch"] for run in ("eager", "fallback")
+    )
+    assert b[0]["train_loss"] == pytest.approx(a[0]["train_loss"], rel=1e-4)

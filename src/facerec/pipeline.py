@@ -250,6 +250,11 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
     opts = StepOptions(device, amp, cl, o.grad_clip, t.log_every, t.max_steps_per_epoch)
     train_model = wrap_model(model, ctx, device)
     if t.compile:
+        import torch._dynamo as dynamo
+
+        # where compiling fails (no Triton or C++ compiler, an unsupported op), run that code eagerly, with
+        # torch's warning, instead of stopping the run at its first step
+        dynamo.config.suppress_errors = True
         train_model = torch.compile(train_model)
     parts = FitParts(model, loss_fn, optimizer, schedule, train_set, sampler, get_preset(cfg.data.augment), opts,
                      val, pairs, resolve_scoring(cfg, loss_fn), t.flip_tta, train_model=train_model,
