@@ -143,11 +143,11 @@ def test_compiled_training_matches_eager(hw2p2_dir: Path, tmp_path: Path, cache,
 
     import facerec.pipeline as pipeline
 
-    monkeypatch.setattr(dynamo.config, "suppress_errors", False)  # train() sets it; restored afterwards
     monkeypatch.setattr(pipeline.torch, "compile", functools.partial(torch.compile, backend="eager"))
     args = ["--data", str(hw2p2_dir), "train.epochs=2", *TINY]
     assert main(["train", "--out", str(tmp_path / "eager"), *args]) == 0
-    assert main(["train", "--out", str(tmp_path / "compiled"), *args, "train.compile=true"]) == 0
+    with dynamo.config.patch(suppress_errors=False):  # train() sets it; the patch restores it afterwards
+        assert main(["train", "--out", str(tmp_path / "compiled"), *args, "train.compile=true"]) == 0
     a, b = (
         [r for r in read_metrics(tmp_path / run) if r["event"] == "epoch"] for run in ("eager", "compiled")
     )
@@ -168,11 +168,11 @@ def test_a_backend_that_cannot_compile_falls_back_to_eager(hw2p2_dir: Path, tmp_
     def broken(gm, example_inputs):
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setattr(dynamo.config, "suppress_errors", False)  # the test's setting is restored afterwards
     monkeypatch.setattr(pipeline.torch, "compile", functools.partial(torch.compile, backend=broken))
     args = ["--data", str(hw2p2_dir), "train.epochs=1", *TINY]
     assert main(["train", "--out", str(tmp_path / "eager"), *args]) == 0
-    assert main(["train", "--out", str(tmp_path / "fallback"), *args, "train.compile=true"]) == 0
+    with dynamo.config.patch(suppress_errors=False):  # as in a fresh process; restored afterwards
+        assert main(["train", "--out", str(tmp_path / "fallback"), *args, "train.compile=true"]) == 0
     a, b = (
         [r for r in read_metrics(tmp_path / run) if r["event"] == "epoch"] for run in ("eager", "fallback")
     )
