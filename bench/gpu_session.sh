@@ -7,10 +7,11 @@
 #   tar -czf .data/facehw_gpu.tgz -C ../shared/data -T list   (see docs/benchmarks.md for the list)
 # Runs with whatever python3 has torch (PYTHONPATH=src, no install). Each step has its own time limit and log under
 # OUT_DIR, so one failure does not lose the others; the summary table is printed last. STEPS="pack train_r34 ..."
-# runs only the named steps (pack is needed by the throughput steps and the training runs). All steps: about
-# 9 minutes on an H200 (estimated from the 2026-11-28 runs), close to one call's 10 minutes; to be safe, split:
-#   STEPS="test_gpu pack throughput train_r34 train_cpu_recipe inference"      (about 5 minutes)
-#   STEPS="pack profile profile_compiled throughput512 throughput_recipe"       (about 4.5 minutes)
+# runs only the named steps (pack is needed by the throughput steps and the training runs). All steps take more
+# than one call's 10 minutes; the open questions of issue 4 first (times estimated from the 2026-11-28 H200 runs):
+#   STEPS="pack throughput throughput_fp16 throughput_recipe profile_fp16"        (about 5.5 minutes)
+#   STEPS="test_gpu pack train_r34 train_r34_fp16 profile_compiled"               (about 5 minutes)
+# and, with time left: STEPS="pack train_cpu_recipe inference profile throughput512".
 set -u
 tgz=${1:?usage: bench/gpu_session.sh FACEHW_TGZ [OUT_DIR]}
 out=${2:-${OUT:-gpu_out}}
@@ -69,9 +70,16 @@ step throughput512 150 $py "$repo/bench/train_throughput.py" --device cuda --dat
 # 9. the same comparison with the gpu_resnet34 recipe's model, loss and augmentation (what step 4 trains)
 step throughput_recipe 200 $py "$repo/bench/train_throughput.py" --device cuda --data "$data" --pack "$work/pack" \
   --models resnet34 --batch-size 256 --steps 150 --warmup 30 --compile resnet34 --recipe gpu_resnet34
+# 10. fp16 autocast with loss scaling instead of bf16: cuDNN then runs the BatchNorms (38% of the eager bf16 step)
+step throughput_fp16 240 $py "$repo/bench/train_throughput.py" --device cuda --data "$data" --pack "$work/pack" \
+  --models resnet34,resnet18 --batch-size 256 --steps 150 --warmup 30 --compile resnet34 --amp fp16
+step profile_fp16 90 $py "$repo/bench/profile_step.py" --model resnet34 --batch-size 256 --device cuda --amp fp16
+# 11. end to end under fp16: images/s, overflow steps and AUC against step 4
+step train_r34_fp16 240 $py -m facerec train --data "$work/pack" --out "$work/r34_fp16" --config gpu_resnet34 \
+  train.epochs=10 train.compile=true train.log_every=1000 train.amp=fp16
 kill "$dmon" 2>/dev/null
 
-for run in r34 cpu_recipe; do
+for run in r34 r34_fp16 cpu_recipe; do
   [ -f "$work/$run/metrics.jsonl" ] || continue
   cp "$work/$run/metrics.jsonl" "$out/metrics_$run.jsonl"
   $py "$repo/bench/time_to_auc.py" "$work/$run" >>"$out/time_to_auc.log" 2>&1
@@ -84,7 +92,7 @@ grep -h "ms/step\|device busy" "$out"/profile*.log 2>/dev/null
 $py - "$work" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
-for run in ("r34", "cpu_recipe"):
+for run in ("r34", "r34_fp16", "cpu_recipe"):
     f = Path(sys.argv[1]) / run / "metrics.jsonl"
     if not f.exists():
         print(run, "no metrics"); continue
@@ -99,6 +107,9 @@ for run in ("r34", "cpu_recipe"):
     print(f"{run}: {len(ep)} epochs, train img/s epoch1 {rates[0]:.0f}, median later {statistics.median(later):.0f}, "
           f"max {max(later):.0f}; wall {total:.0f}s; best val_auc {best.get('val_auc')} "
           f"(epoch {best['epoch']}), val_acc {best.get('val_acc')}")
+    if "overflow_steps" in ep[-1]:
+        print(f"  fp16 overflow steps per epoch {[r.get('overflow_steps') for r in ep]}, "
+              f"final loss scale {ep[-1].get('loss_scale')}")
 EOF
 cat "$out/time_to_auc.log"
 # the device tool returns at most 8 files: pack the logs into one (kept loose above in case the call is cut short)

@@ -5,11 +5,13 @@ launch or host overhead; near 100%: the kernels themselves are the limit), and t
 its FLOP count (torch.utils.flop_counter: forward + backward per image).
 
     python bench/profile_step.py [--model resnet34] [--batch-size 256] [--steps 5] [--device cuda] [--compile]
+                                 [--amp auto|bf16|fp16|off]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -22,7 +24,7 @@ from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
-from facerec.pipeline import use_channels_last
+from facerec.pipeline import resolve_amp, use_channels_last
 
 
 def train_flops_per_image(model_name: str, size: int) -> float:
@@ -43,6 +45,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--rows", type=int, default=15)
     p.add_argument("--compile", action="store_true", help="profile the step under torch.compile (train.compile)")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="train.amp")
     args = p.parse_args()
     device = device_from(args.device)
     cuda = device.type == "cuda"
@@ -69,10 +72,11 @@ def main() -> None:
     schedule = LRSchedule(0.01, 1, 10**6, "constant")
     aug_gen = torch.Generator(device=device).manual_seed(0)
 
-    def run(steps: int) -> None:
-        opts = StepOptions(device, amp=cuda, channels_last=cl, log_every=10**9, max_steps=steps)
+    opts = StepOptions(device, amp=resolve_amp(args.amp, device), channels_last=cl, log_every=10**9)
+
+    def run(steps: int) -> None:  # one StepOptions throughout: fp16's loss scale carries over from the warm-up
         train_one_epoch(train_model, loss_fn, batches, steps, opt, schedule, 0, get_preset("standard"), aug_gen,
-                        opts)
+                        dataclasses.replace(opts, max_steps=steps))
 
     run(args.warmup)
     sync(device)
@@ -90,7 +94,7 @@ def main() -> None:
         print(events.table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
     flops = train_flops_per_image(args.model, args.image_size)
     rate = args.batch_size / wall
-    mode = "compiled" if args.compile else "eager"
+    mode = f"{'compiled' if args.compile else 'eager'} {resolve_amp(args.amp, device)}"
     print(f"{args.model} {mode}, batch {args.batch_size}: {wall * 1e3:.1f} ms/step, {rate:,.0f} img/s unprofiled; "
           f"{flops / 1e9:.1f} GFLOP/img (train) -> {flops * rate / 1e12:.0f} TFLOP/s")
     if cuda:

@@ -5,7 +5,8 @@ student  torchvision ImageFolder + PIL decode + per-image transforms (flip, ToTe
 facerec  the training images decoded once into a uint8 tensor (a pack, memory-mapped, or the decoded-image cache),
          held on the GPU when they fit, batches by indexing (facerec.engine.fit.epoch_batches), batched
          augmentation on the device ("standard" preset), channels_last where the trainer uses it, bf16 autocast on
-         CUDA, fused optimiser; the step is facerec.engine.train.train_one_epoch: what `facerec train` runs.
+         CUDA (--amp fp16: fp16 with loss scaling, which lets cuDNN run the BatchNorms), fused optimiser; the step
+         is facerec.engine.train.train_one_epoch: what `facerec train` runs.
          --compile adds a column: the same under torch.compile (train.compile=true); the ratio uses the best.
 Both train FaceEmbedder(MODEL) with the softmax loss and SGD (momentum 0.9); `--warmup` steps are run first and
 not timed. The one-off decode of the dataset is reported separately (it is paid once, not every epoch).
@@ -15,12 +16,13 @@ and the rate that counts is images per CPU-second of the process: per core, and 
 competing for the cores. Wall-clock rates are printed beside it.
 
     python bench/train_throughput.py [--models resnet34,resnet18,facenet_s] [--steps 10] [--batch-size 128]
-                                     [--compile MODELS|all] [--device cuda]
+                                     [--compile MODELS|all] [--device cuda] [--amp auto|bf16|fp16|off]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 
@@ -39,7 +41,7 @@ from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
-from facerec.pipeline import build_loss_fn, build_model, images_on_gpu, use_channels_last
+from facerec.pipeline import build_loss_fn, build_model, images_on_gpu, resolve_amp, use_channels_last
 
 
 def _parts(recipe: Config | None, model_name: str, classes: int, size: int, device: torch.device,
@@ -93,11 +95,6 @@ def student(args: argparse.Namespace, model_name: str, device: torch.device) -> 
     return t.rates(args.steps * args.batch_size)
 
 
-def use_amp(setting: str, device: torch.device) -> bool:
-    """As train.amp: auto = bf16 autocast on CUDA only; bf16 = also on the CPU (AMX / AVX512-BF16 kernels)."""
-    return setting == "bf16" or (setting == "auto" and device.type == "cuda")
-
-
 def ours(args: argparse.Namespace, model_name: str, device: torch.device, images: ImageSet,
          compile: bool = False) -> tuple[float, float]:
     """images/s of facerec's training step on the decoded uint8 tensor, batches as `facerec train` makes them."""
@@ -115,10 +112,12 @@ def ours(args: argparse.Namespace, model_name: str, device: torch.device, images
     stream = epochs()
     schedule = LRSchedule(0.01, 1, args.warmup + args.steps, "constant")
 
-    def run(n: int) -> None:
-        opts = StepOptions(device, amp=use_amp(args.amp, device), channels_last=cl, log_every=10**9, max_steps=n)
-        preset = get_preset(args.recipe_cfg.data.augment if args.recipe_cfg is not None else "standard")
-        train_one_epoch(train_model, loss_fn, stream, n, opt, schedule, 0, preset, aug_gen, opts)
+    opts = StepOptions(device, amp=resolve_amp(args.amp, device), channels_last=cl, log_every=10**9)
+    preset = get_preset(args.recipe_cfg.data.augment if args.recipe_cfg is not None else "standard")
+
+    def run(n: int) -> None:  # one StepOptions throughout: fp16's loss scale carries over from the warm-up
+        train_one_epoch(train_model, loss_fn, stream, n, opt, schedule, 0, preset, aug_gen,
+                        dataclasses.replace(opts, max_steps=n))
 
     if args.warmup:
         run(args.warmup)  # with --compile, the compilation happens here
@@ -140,7 +139,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, help="student DataLoader workers (default: 0 on CPU, all cores on CUDA)")
     p.add_argument("--threads", type=int, help="torch threads (default: 1 on CPU, torch's default on CUDA)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto", help="facerec's train.amp")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="facerec's train.amp")
     p.add_argument("--recipe", help="take embedding size, dropout, neck, loss and augmentation from this recipe "
                    "(e.g. gpu_resnet34; default: 256-d, softmax, standard augmentation)")
     p.add_argument("--compile", default="", metavar="MODELS",
@@ -163,7 +162,7 @@ def main() -> None:
     print(f"device {device}: {hardware(device)}")
     print(f"facerec images: {source}; batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; "
           f"student DataLoader workers {args.workers}; facerec channels_last {use_channels_last('auto', device)}, "
-          f"bf16 autocast {use_amp(args.amp, device)}")
+          f"autocast {resolve_amp(args.amp, device)}")
     unit = "img/CPU-s" if per_cpu else "img/s"
     k = 0 if per_cpu else 1
     compiled = set(args.models.split(",")) if args.compile == "all" else set(filter(None, args.compile.split(",")))

@@ -1,8 +1,10 @@
 """Checks that need a CUDA GPU, skipped without one. With a GPU: `python -m pytest -q tests/test_gpu.py`.
 
-- The training step makes no host synchronisation: `torch.cuda.set_sync_debug_mode("error")` turns every sync
-  (`.item()`, a device-to-host copy, `nonzero`, a boolean mask) into an exception, for every step of an epoch
-  after the epoch's one-off transfer of its batch order.
+- The training step makes no host synchronisation, under bf16 and under fp16 with its loss scaling:
+  `torch.cuda.set_sync_debug_mode("error")` turns every sync (`.item()`, a device-to-host copy, `nonzero`, a
+  boolean mask) into an exception, for every step of an epoch after the epoch's one-off transfer of its batch
+  order.
+- cuDNN's BatchNorm takes fp16 but not bf16 inputs (the reason for train.amp=fp16).
 - NCCL: the embedding all-gather (with its gradient) and DDP run on an NCCL process group (one rank: one GPU is all
   a lent machine has; tests/test_distributed.py runs two ranks on gloo).
 """
@@ -52,7 +54,8 @@ def _no_sync_after_first(batches: Iterator) -> Iterator:
     ids=["softmax", "arcface", "cosface", "softmax+center"],
 )
 @pytest.mark.parametrize("grad_clip", [0.0, 5.0])
-def test_training_step_never_waits_for_the_gpu(terms, grad_clip: float) -> None:
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_training_step_never_waits_for_the_gpu(terms, grad_clip: float, amp: str) -> None:
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = FaceEmbedder("resnet18", 64, image_size=32).to(dev, memory_format=torch.channels_last)
@@ -63,13 +66,27 @@ def test_training_step_never_waits_for_the_gpu(terms, grad_clip: float) -> None:
     train = ImageSet(images, torch.arange(n) % CLASSES, [str(c) for c in range(CLASSES)])
     sampler = RandomBatchSampler(n, 32)
     batches = epoch_batches(train, sampler, torch.Generator().manual_seed(0), dev)
-    opts = StepOptions(dev, amp=True, channels_last=True, grad_clip=grad_clip, log_every=10**9)
+    opts = StepOptions(dev, amp=amp, channels_last=True, grad_clip=grad_clip, log_every=10**9)
     result = train_one_epoch(model, loss_fn, _no_sync_after_first(batches), len(sampler), optimizer,
                              LRSchedule(0.05, 1, len(sampler)), 0, get_preset("standard"),
                              torch.Generator(device=dev).manual_seed(0), opts)
-    assert result["steps"] == len(sampler) and result["skipped_steps"] == 0
-    assert result["images"] == n and math.isfinite(result["train_loss"])
+    overflows = result.get("overflow_steps", 0)  # fp16: the first steps may overflow the starting loss scale
+    assert result["steps"] == len(sampler) - overflows and result["skipped_steps"] == 0
+    assert result["images"] == n - 32 * overflows and math.isfinite(result["train_loss"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_cudnn_runs_batchnorm_under_fp16_but_not_bf16() -> None:
+    """Why train.amp=fp16 exists (engine/loss_scale.py): PyTorch hands BatchNorm to cuDNN for fp16 inputs with fp32
+    weights, and to its own kernels for bf16 inputs."""
+    dev = torch.device("cuda")
+    w, b, mean, var = (torch.ones(64, device=dev), torch.zeros(64, device=dev), torch.zeros(64, device=dev),
+                       torch.ones(64, device=dev))
+    backends = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(8, 64, 16, 16, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        backends[dtype] = torch._C._select_batch_norm_backend(x, w, b, mean, var, True, 1e-5).name
+    assert backends == {torch.float16: "Cudnn", torch.bfloat16: "Native"}
 
 
 def test_a_non_finite_step_is_skipped_on_the_gpu_without_a_sync() -> None:

@@ -80,7 +80,7 @@ class TrainConfig:
     epochs: int = 20
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with dynamic loss scaling) | off
     channels_last: str = "auto"  # auto (= on: faster on CUDA and, measured, on CPU too) | on | off
     compile: bool = False
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)

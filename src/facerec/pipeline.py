@@ -48,6 +48,16 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def resolve_amp(setting: str, device: torch.device) -> str:
+    """train.amp: "auto" is bf16 autocast on CUDA and fp32 ("off") on the CPU; "bf16", "fp16" (with dynamic loss
+    scaling) and "off" are taken as they are, on any device."""
+    if setting not in ("auto", "bf16", "fp16", "off"):
+        raise ValueError(f"unknown train.amp {setting!r}; choose one of ['auto', 'bf16', 'fp16', 'off']")
+    if setting == "auto":
+        return "bf16" if device.type == "cuda" else "off"
+    return setting
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AMX or AVX512-BF16), where `train.amp=bf16` pays off on the
     CPU. Read from /proc/cpuinfo; False where that is missing (not Linux)."""
@@ -243,11 +253,16 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
         set_rng_state(resume_state["rng"])
     elif t.init_from:
         _init_weights(model, t.init_from, log)
-    amp = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
+    amp = resolve_amp(t.amp, device)
+    if device.type == "cpu" and amp == "fp16":
+        log("warning: train.amp=fp16 is for CUDA GPUs (it lets cuDNN run the BatchNorms); CPUs lack fast fp16 "
+            "kernels (80x slower than fp32 in docs/benchmarks.md): use train.amp=bf16 or off here")
     if device.type == "cpu" and t.amp == "auto" and cpu_has_bf16():  # not when the user chose "off"
         log("hint: this CPU has bf16 matrix instructions; train.amp=bf16 trained the cpu recipe 1.6-1.8x faster "
             "at the same val AUC (docs/benchmarks.md)")
     opts = StepOptions(device, amp, cl, o.grad_clip, t.log_every, t.max_steps_per_epoch)
+    if opts.loss_scale is not None and resume_state is not None and "loss_scale" in resume_state:
+        opts.loss_scale.load_state_dict(resume_state["loss_scale"])
     train_model = wrap_model(model, ctx, device)
     if t.compile:
         import torch._dynamo as dynamo
@@ -272,7 +287,8 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
     def extra() -> dict[str, Any]:
         return {"config": config_to_dict(cfg), "classes": train_set.classes, "model": model.state_dict(),
                 "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "scoring": parts.scoring}
+                "schedule": schedule.state_dict(), "scoring": parts.scoring,
+                **({"loss_scale": opts.loss_scale.state_dict()} if opts.loss_scale is not None else {})}
 
     t0 = time.time()
     # Several ranks could stop after different steps and leave the others waiting in a collective: under torchrun

@@ -251,9 +251,10 @@ def merge_partial(before: dict[str, float], after: dict[str, Any]) -> dict[str, 
 
     merged = dict(after)
     merged.update(train_loss=mean("train_loss"), train_acc=mean("train_acc"), images=int(n))
-    for key in ("steps", "skipped_steps", "train_time_s"):
-        merged[key] = before.get(key, 0) + after[key]
-    merged["steps"], merged["skipped_steps"] = int(merged["steps"]), int(merged["skipped_steps"])
+    for key in ("steps", "skipped_steps", "overflow_steps", "train_time_s"):
+        if key in after:
+            merged[key] = before.get(key, 0) + after[key]
+            merged[key] = merged[key] if key == "train_time_s" else int(merged[key])
     merged["images_per_s"] = n / merged["train_time_s"] if merged["train_time_s"] > 0 else 0.0
     return merged
 

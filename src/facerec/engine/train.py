@@ -9,6 +9,10 @@ device and leave weights, momentum and step counts untouched when it is set (as 
 so a non-finite step is skipped on the device and the host never waits for the loss. Loss, accuracy and counts are
 summed on the device and read at log points and at the end of the epoch. An optimiser without fused kernels falls
 back to one host sync per step.
+
+Mixed precision (`StepOptions.amp`): "bf16" or "fp16" autocast around the network; the loss heads run in fp32.
+fp16 adds dynamic loss scaling (engine/loss_scale.py): a step whose scaled gradients overflow is skipped and the
+scale halved, which is routine and counted as `overflow_steps`, not as a numerical fault.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import nn
 
 from facerec.data.augment import AugmentSpec, augment, to_input
 from facerec.engine.checkpoint import load_checkpoint
+from facerec.engine.loss_scale import LossScale
 from facerec.engine.progress import Progress
 from facerec.engine.schedule import LRSchedule
 from facerec.losses.base import EmbeddingLoss
@@ -53,15 +58,25 @@ class FaultPolicy:
         )
 
 
+AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass
 class StepOptions:
     device: torch.device
-    amp: bool = False  # bf16 autocast (the loss runs in fp32 either way)
+    amp: str = "off"  # autocast dtype of the network: off | bf16 | fp16 (the loss runs in fp32 either way)
     channels_last: bool = False
     grad_clip: float = 0.0
     log_every: int = 20
     max_steps: int = 0  # 0 = the whole epoch
     faults: FaultPolicy = field(default_factory=FaultPolicy)
+    loss_scale: LossScale | None = None  # fp16 only; made here when not given, saved with the checkpoints
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"unknown amp {self.amp!r}; choose one of {list(AMP_DTYPES)}")
+        if self.amp == "fp16" and self.loss_scale is None:
+            self.loss_scale = LossScale(self.device)
 
 
 def build_optimizer(
@@ -160,12 +175,15 @@ def train_one_epoch(
     on_device = skips_on_device(optimizer)
     if on_device:
         _zero_momentum(optimizer)
-    # device-side sums: loss * images, correct, images, good steps, skipped steps; first bad step, its loss, norm
-    sums = torch.zeros(5, device=dev)
+    # device-side sums: loss * images, correct, images, good steps, skipped steps, fp16 overflow steps; first bad
+    # step, its loss, norm
+    sums = torch.zeros(6, device=dev)
     first_bad = torch.zeros(3, device=dev)
     warned, step = False, 0
     t0 = time.perf_counter()
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if opts.amp else contextlib.nullcontext()
+    dtype = AMP_DTYPES[opts.amp]
+    autocast = torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    scaler = opts.loss_scale if opts.amp == "fp16" else None
 
     def read() -> list[float]:  # one host sync; prints the epoch's first skipped step once
         nonlocal warned
@@ -173,8 +191,8 @@ def train_one_epoch(
         if values[4] and not warned:
             warned = True
             print(
-                f"warning: epoch {epoch + 1} step {int(values[5])}: non-finite loss ({values[6]:.4g}) or gradient "
-                f"norm ({values[7]:.4g}); step skipped (counted in skipped_steps)",
+                f"warning: epoch {epoch + 1} step {int(values[6])}: non-finite loss ({values[7]:.4g}) or gradient "
+                f"norm ({values[8]:.4g}); step skipped (counted in skipped_steps)",
                 flush=True,
             )
         return values
@@ -189,10 +207,18 @@ def train_one_epoch(
             emb = model(x)
         loss = loss_fn(emb.float(), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * scaler.scale if scaler is not None else loss).backward()
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False) if grads else loss.new_zeros(())
-        ok = torch.isfinite(loss.detach()) & torch.isfinite(norm)
+        if scaler is not None and grads:  # unscale: the gradients (and their norm) as without scaling
+            inv = scaler.scale.reciprocal()
+            torch._foreach_mul_(grads, inv)
+            norm = norm * inv
+        loss_ok = torch.isfinite(loss.detach())
+        ok = loss_ok & torch.isfinite(norm)
+        # fp16: overflowing scaled gradients with a finite loss are the scale's business (halve it, skip the step),
+        # not a fault; once the scale is down to 1 or below, they are a fault like any other
+        overflow = loss_ok & ~ok & (scaler.scale > 1) if scaler is not None else torch.zeros_like(ok)
         if opts.grad_clip:  # a non-finite norm makes NaN gradients here, but that step is skipped anyway
             torch.nn.utils.clip_grads_with_norm_(params, opts.grad_clip, norm)
         if on_device:
@@ -200,12 +226,15 @@ def train_one_epoch(
             optimizer.step()
         elif bool(ok):  # an optimiser without fused kernels: one host sync
             optimizer.step()
+        if scaler is not None:
+            scaler.update(ok)
         with torch.no_grad():
             n = labels.shape[0]
-            good = ok.float()
+            good, fault = ok.float(), (~ok & ~overflow)
             hits = (loss_fn.logits(emb.detach().float()).argmax(1) == labels).sum() if loss_fn.has_logits else 0
-            sums += torch.stack([torch.where(ok, loss.detach() * n, 0.0), good * hits, good * n, good, 1 - good])
-            new = (first_bad[0] == 0) & ~ok
+            sums += torch.stack([torch.where(ok, loss.detach() * n, 0.0), good * hits, good * n, good,
+                                 fault.float(), overflow.float()])
+            new = (first_bad[0] == 0) & fault
             bad = torch.stack([torch.full((), float(step), device=dev), loss.detach().float(), norm.float()])
             first_bad.copy_(torch.where(new, bad, first_bad))
         if progress and (step % opts.log_every == 0 or step == steps):
@@ -216,9 +245,9 @@ def train_one_epoch(
         if (opts.max_steps and step >= opts.max_steps) or should_stop():
             break
     optimizer.found_inf = None  # plain steps elsewhere (tests, other loops) must not see a stale flag
-    total, correct, seen, done, skipped = (read() if step else [0.0] * 8)[:5]
+    total, correct, seen, done, skipped, overflows = (read() if step else [0.0] * 9)[:6]
     elapsed = time.perf_counter() - t0
-    return {
+    result = {
         "train_loss": total / seen if seen else float("nan"),
         "train_acc": correct / seen if loss_fn.has_logits and seen else None,
         "images": int(seen),
@@ -229,6 +258,9 @@ def train_one_epoch(
         "train_time_s": elapsed,
         "lr": schedule.lr_at(global_step + max(step, 1) - 1) * optimizer.param_groups[0].get("lr_scale", 1.0),
     }
+    if scaler is not None:
+        result.update(overflow_steps=int(overflows), loss_scale=scaler.scale.item())
+    return result
 
 
 def recover_from_faults(
