@@ -44,10 +44,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", help="write the full list of problem photos to this JSON file")
     _aligner_args(p, flag=False)
 
-    p = sub.add_parser("benchmark", help="standard benchmarks: the LFW 10-fold verification protocol")
-    p.add_argument("name", choices=["lfw"])
-    p.add_argument("--root", required=True, help="LFW folder of <name>/<name>_NNNN.jpg")
-    p.add_argument("--pairs", required=True, help="pairs.txt ('10 300' header) or pairsDevTest.txt ('500')")
+    p = sub.add_parser("benchmark", help="lfw: the LFW 10-fold verification protocol; folder: every pair and "
+                       "leave-one-out identification over your own identity folders")
+    p.add_argument("name", choices=["lfw", "folder"])
+    p.add_argument("--root", required=True,
+                   help="lfw: LFW folder of <name>/<name>_NNNN.jpg; folder: one folder of photos per person")
+    p.add_argument("--pairs", help="lfw: pairs.txt ('10 300' header) or pairsDevTest.txt ('500')")
+    p.add_argument("--max-pairs", type=int, default=2_000_000,
+                   help="folder: above this many pairs, keep every same-person pair and sample the others "
+                        "(default 2,000,000)")
     _model_args(p, required=False)
     _aligner_args(p)
 
@@ -136,8 +141,12 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    if args.name == "folder":
+        return _benchmark_folder(args)
     from facerec.lfw import benchmark_lfw
 
+    if not args.pairs:
+        raise ValueError("benchmark lfw needs --pairs (LFW's pairs.txt or pairsDevTest.txt)")
     aligner = _aligner(args) if args.align else None
     result = benchmark_lfw(_model(args), args.pairs, args.root, aligner, not args.no_flip, _log(args))
     if args.json:
@@ -148,6 +157,28 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
           f"images, {'aligned' if result['aligned'] else 'not aligned'}, {result['scoring']} scoring)")
     if result["no_face"]:
         print(f"no face found in {len(result['no_face'])} photos (used whole), e.g. {result['no_face'][0]}")
+    return 0
+
+
+def _benchmark_folder(args: argparse.Namespace) -> int:
+    from facerec.folder_benchmark import benchmark_folder
+
+    if args.max_pairs < 1:
+        raise ValueError(f"--max-pairs must be at least 1, got {args.max_pairs}")
+    aligner = _aligner(args) if args.align else None
+    r = benchmark_folder(_model(args), args.root, aligner, not args.no_flip, args.max_pairs, log=_log(args))
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['n_images']} photos of {r['n_people']} people ({'aligned' if r['aligned'] else 'not aligned'}, "
+          f"{r['scoring']} scoring)")
+    print(f"verification, {r['n_pairs']:,} pairs ({r['n_pos']:,} same; {r['pairs']}): AUC {r['auc']:.4f}, "
+          f"EER {r['eer']:.4f}, TAR@FAR=1e-2 {r['tar@far=1e-2']:.4f}, TAR@FAR=1e-3 {r['tar@far=1e-3']:.4f}, "
+          f"best accuracy {r['best_acc']:.4f} at {r['best_threshold']:.4f} (tuned on these pairs)")
+    print(f"identification, leave one out ({r['n_probes']} photos of people with 2+ photos): rank-1 "
+          f"{r['rank1']:.4f}, rank-5 {r['rank5']:.4f}")
+    if r["no_face"]:
+        print(f"no face found in {len(r['no_face'])} photos (used whole), e.g. {r['no_face'][0]}")
     return 0
 
 

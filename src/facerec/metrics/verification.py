@@ -44,6 +44,17 @@ def pair_scores(emb_a: torch.Tensor, emb_b: torch.Tensor, metric: str = "cosine"
     return -torch.linalg.vector_norm(a - b, dim=1)
 
 
+def score_matrix(emb_a: torch.Tensor, emb_b: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
+    """Similarity of every row of `emb_a` (M, D) with every row of `emb_b` (N, D): (M, N) float32, entry (i, j)
+    equal to `pair_scores` of rows i and j (same metrics, same sign convention)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown pair metric {metric!r}; choose one of {list(METRICS)}")
+    a, b = emb_a.detach().float(), emb_b.detach().float()
+    if metric == "cosine":
+        return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+    return -torch.cdist(a, b)
+
+
 def _as_arrays(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert to (N,) float64 scores and (N,) int64 0/1 labels, both classes present."""
     s = _to_numpy(scores).astype(np.float64).reshape(-1)
