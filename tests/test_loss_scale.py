@@ -18,7 +18,7 @@ from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
-from facerec.pipeline import resolve_amp
+from facerec.pipeline import amp_advice, resolve_amp
 from test_cli import TINY
 from test_robustness import _poison
 
@@ -68,6 +68,22 @@ def test_amp_settings():
     assert StepOptions(cpu, amp="bf16").loss_scale is None
     with pytest.raises(ValueError, match="unknown amp"):
         StepOptions(cpu, amp="half")
+
+
+@pytest.mark.parametrize(("setting", "device", "has_bf16", "expected"), [
+    ("fp16", "cpu", True, "warning: train.amp=fp16 is for CUDA GPUs"),
+    ("fp16", "cpu", False, "warning: train.amp=fp16 is for CUDA GPUs"),
+    ("bf16", "cpu", False, "warning: train.amp=bf16 on a CPU without bf16 matrix instructions"),
+    ("bf16", "cpu", True, None),  # the fast path: nothing to say
+    ("auto", "cpu", True, "hint: this CPU has bf16 matrix instructions"),
+    ("auto", "cpu", False, None),  # fp32, the right choice there
+    ("off", "cpu", True, None),  # the user's explicit choice
+    ("fp16", "cuda", False, None),  # on a GPU every setting is sound
+    ("bf16", "cuda", False, None),
+])
+def test_amp_advice_on_cpus_with_and_without_bf16_instructions(setting, device, has_bf16, expected):
+    advice = amp_advice(setting, torch.device(device), has_bf16)
+    assert advice == expected if expected is None else advice.startswith(expected)
 
 
 def test_fp16_step_matches_a_gradscaler_loop():

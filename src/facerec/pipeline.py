@@ -68,6 +68,26 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def amp_advice(setting: str, device: torch.device, has_bf16: bool) -> str | None:
+    """A warning or hint about train.amp on a CPU (None when there is nothing to say): fp16 and, on CPUs without
+    bf16 instructions (`has_bf16`, see `cpu_has_bf16`), bf16 are emulated there and slower than fp32; on CPUs with
+    them, "auto" leaves a 1.6-1.8x speed-up unused (figures: docs/benchmarks.md)."""
+    amp = resolve_amp(setting, device)
+    if device.type != "cpu":
+        return None
+    if amp == "fp16":
+        return ("warning: train.amp=fp16 is for CUDA GPUs (it lets cuDNN run the BatchNorms); CPUs lack fast fp16 "
+                "kernels (80x slower than fp32 in docs/benchmarks.md): use train.amp=bf16 or off here")
+    if amp == "bf16" and not has_bf16:
+        return ("warning: train.amp=bf16 on a CPU without bf16 matrix instructions (no AMX or AVX512-BF16 in "
+                "/proc/cpuinfo): bf16 is emulated and trained 1.5x slower than fp32 in docs/benchmarks.md; "
+                "use train.amp=off here")
+    if setting == "auto" and has_bf16:  # not when the user chose "off"
+        return ("hint: this CPU has bf16 matrix instructions; train.amp=bf16 trained the cpu recipe 1.6-1.8x "
+                "faster at the same val AUC (docs/benchmarks.md)")
+    return None
+
+
 def use_channels_last(setting: str, device: torch.device) -> bool:
     """train.channels_last: "on", "off" or "auto". auto is on for every device: NHWC convolutions are the fast
     path of cuDNN under bf16 and of oneDNN on CPU."""
@@ -254,12 +274,9 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
     elif t.init_from:
         _init_weights(model, t.init_from, log)
     amp = resolve_amp(t.amp, device)
-    if device.type == "cpu" and amp == "fp16":
-        log("warning: train.amp=fp16 is for CUDA GPUs (it lets cuDNN run the BatchNorms); CPUs lack fast fp16 "
-            "kernels (80x slower than fp32 in docs/benchmarks.md): use train.amp=bf16 or off here")
-    if device.type == "cpu" and t.amp == "auto" and cpu_has_bf16():  # not when the user chose "off"
-        log("hint: this CPU has bf16 matrix instructions; train.amp=bf16 trained the cpu recipe 1.6-1.8x faster "
-            "at the same val AUC (docs/benchmarks.md)")
+    advice = amp_advice(t.amp, device, cpu_has_bf16() if device.type == "cpu" else False)
+    if advice:
+        log(advice)
     opts = StepOptions(device, amp, cl, o.grad_clip, t.log_every, t.max_steps_per_epoch)
     if opts.loss_scale is not None and resume_state is not None and "loss_scale" in resume_state:
         opts.loss_scale.load_state_dict(resume_state["loss_scale"])
