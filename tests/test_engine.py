@@ -103,6 +103,39 @@ def test_standard_preset_stays_in_range_and_is_seeded():
     assert torch.equal(a, b) and a.min() >= -1 and a.max() <= 1 and not torch.equal(a, x)
 
 
+def _down_up(x: torch.Tensor, side: int) -> torch.Tensor:
+    small = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
+    return torch.nn.functional.interpolate(small, size=x.shape[-2:], mode="bilinear")
+
+
+@pytest.mark.parametrize("by_index", [True, False])
+def test_low_res_resamples_the_chosen_images_down_and_back_up(by_index):
+    from facerec.data.augment import LOW_RES_FACTORS, _low_res
+
+    x = torch.rand(96, 3, 24, 24) * 2 - 1
+    y = _low_res(x, 1.0, torch.Generator().manual_seed(0), by_index)  # p = 1: every image loses resolution
+    refs = [_down_up(x, round(24 / f)) for f in LOW_RES_FACTORS]  # sides 16, 12, 8
+    which = torch.stack([(y - r).abs().flatten(1).amax(1) < 1e-5 for r in refs])  # (levels, images)
+    assert (which.sum(0) == 1).all()  # each image is exactly one of the down-and-up versions
+    assert (which.sum(1) > 15).all()  # and every factor is used
+    # at p = 0.25 about a quarter change; the rest stay bit-identical
+    z = _low_res(x, 0.25, torch.Generator().manual_seed(1), by_index)
+    changed = (z != x).flatten(1).any(1)
+    assert 10 <= changed.sum() <= 40
+    assert torch.equal(z[~changed], x[~changed])
+
+
+def test_low_res_by_index_matches_the_sync_free_select():
+    """The CPU path (resample only the chosen images) and the GPU path (resample all, select) agree."""
+    from facerec.data.augment import _low_res
+
+    x = torch.rand(64, 3, 16, 16) * 2 - 1
+    a = _low_res(x, 0.3, torch.Generator().manual_seed(2), by_index=True)
+    b = _low_res(x, 0.3, torch.Generator().manual_seed(2), by_index=False)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert PRESETS["strong"].low_res > 0 and PRESETS["standard"].low_res == 0
+
+
 def test_schedule_warmup_then_cosine():
     s = LRSchedule(0.1, epochs=10, steps_per_epoch=10, kind="cosine", warmup_epochs=1)
     assert s.lr_at(0) == pytest.approx(0.001)

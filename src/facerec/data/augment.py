@@ -1,7 +1,8 @@
 """Batched augmentation as tensor ops (one call per batch, on the batch's device): no per-image Python work.
 
 Input: uint8 images (B, H, W, 3). Output: float (B, 3, H, W) in [-1, 1], the network's input.
-Presets: none, flip, standard (flip + small affine jitter + colour), strong (more of both + random grayscale).
+Presets: none, flip, standard (flip + small affine jitter + colour), strong (more of both + random grayscale +
+random loss of resolution).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ class AugmentSpec:
     contrast: float = 0.0
     saturation: float = 0.0
     grayscale: float = 0.0  # probability
+    low_res: float = 0.0  # probability of losing resolution: down by one of LOW_RES_FACTORS (antialiased), back up
+
+
+LOW_RES_FACTORS = (1.5, 2.0, 3.0)  # fixed sizes: no data-dependent shapes (no host sync, one compiled graph)
 
 
 PRESETS: dict[str, AugmentSpec] = {
@@ -32,7 +37,8 @@ PRESETS: dict[str, AugmentSpec] = {
         flip=True, scale=0.08, shift=0.06, rotate=8, brightness=0.2, contrast=0.2, saturation=0.2
     ),
     "strong": AugmentSpec(
-        flip=True, scale=0.15, shift=0.1, rotate=15, brightness=0.3, contrast=0.3, saturation=0.3, grayscale=0.1
+        flip=True, scale=0.15, shift=0.1, rotate=15, brightness=0.3, contrast=0.3, saturation=0.3, grayscale=0.1,
+        low_res=0.2,
     ),
 }
 
@@ -81,6 +87,8 @@ def augment(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator, inpl
             x[chosen] = x[chosen].flip(3)
         else:  # flip only: exact, no resampling; no data-dependent shapes (no host sync on a GPU)
             x = torch.where((sign < 0).view(b, 1, 1, 1), x.flip(3), x)
+    if spec.low_res:
+        x = _low_res(x, spec.low_res, generator, by_index=dev.type == "cpu")
     if spec.brightness or spec.contrast or spec.saturation or spec.grayscale:
         x = (x + 1) * 0.5  # colour maths in [0, 1]
         gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)  # (B, 1, H, W)
@@ -98,3 +106,32 @@ def augment(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator, inpl
             x = x * (1 + _uniform(b, spec.brightness, generator, dev)).view(b, 1, 1, 1)
         x = x.clamp(0, 1) * 2 - 1
     return x
+
+
+def _resample(x: torch.Tensor, factor: float) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    small = F.interpolate(x, size=(max(1, round(h / factor)), max(1, round(w / factor))), mode="bilinear",
+                          antialias=True, align_corners=False)
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def _low_res(x: torch.Tensor, p: float, generator: torch.Generator, by_index: bool) -> torch.Tensor:
+    """Each image with probability `p` loses resolution: resampled down by one of LOW_RES_FACTORS (chosen
+    uniformly; antialiased bilinear) and back up to its size (bilinear), as a face far from the camera, a small
+    crop upscaled or an out-of-focus photo look. Without it, a model can lean on detail that such photos lack.
+
+    `by_index` resamples only the chosen images (the CPU's way: a fifth of the work at p = 0.2); otherwise every
+    image is resampled and the chosen ones selected, with no data-dependent shapes (no host sync on a GPU).
+    """
+    b = x.shape[0]
+    u = torch.rand(b, generator=generator, device=x.device)
+    level = (u / p * len(LOW_RES_FACTORS)).long()  # < len for the chosen images (u < p), >= len for the rest
+    out = x.clone() if by_index else x
+    for i, factor in enumerate(LOW_RES_FACTORS):
+        if by_index:
+            idx = (level == i).nonzero().squeeze(1)
+            if idx.numel():
+                out[idx] = _resample(x[idx], factor)
+        else:
+            out = torch.where((level == i).view(b, 1, 1, 1), _resample(x, factor), out)
+    return out
