@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
@@ -133,7 +134,8 @@ def test_low_res_by_index_matches_the_sync_free_select():
     a = _low_res(x, 0.3, torch.Generator().manual_seed(2), by_index=True)
     b = _low_res(x, 0.3, torch.Generator().manual_seed(2), by_index=False)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    assert PRESETS["strong"].low_res > 0 and PRESETS["standard"].low_res == 0
+    assert PRESETS["robust"].low_res > 0 and PRESETS["strong"].low_res == PRESETS["standard"].low_res == 0
+    assert PRESETS["robust"] == dataclasses.replace(PRESETS["strong"], low_res=PRESETS["robust"].low_res)
 
 
 def test_schedule_warmup_then_cosine():

@@ -28,7 +28,7 @@ class DataConfig:
     sampler: str = "auto"  # auto | random | pk  (auto: pk when the loss needs positives in the batch)
     p: int = 32  # identities per batch for the pk sampler (batch = p * k)
     k: int = 4  # images per identity for the pk sampler
-    augment: str = "standard"  # none | flip | standard | strong
+    augment: str = "standard"  # none | flip | standard | strong | robust (strong + loss of resolution)
     num_workers: int = 2  # threads that decode images when the dataset is first loaded
     cache: bool = True  # cache decoded images as .npy next to the run (the second run starts in seconds)
     max_per_class: int = 0  # cap images per identity (0 = all); for quick experiments
