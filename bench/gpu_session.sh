@@ -11,7 +11,8 @@
 # than one call's 10 minutes; the open questions of issue 4 first (times estimated from the 2026-11-28 H200 runs):
 #   STEPS="pack throughput throughput_fp16 throughput_recipe profile_fp16"        (about 5.5 minutes)
 #   STEPS="test_gpu pack train_r34 train_r34_fp16 profile_compiled"               (about 5 minutes)
-# and, with time left: STEPS="pack train_cpu_recipe inference profile throughput512".
+# and, with time left: STEPS="pack train_robust_ref train_cpu_recipe inference profile throughput512"
+# (train_robust_ref brings back a model file, robust_ref.pt: a reference-model candidate).
 set -u
 tgz=${1:?usage: bench/gpu_session.sh FACEHW_TGZ [OUT_DIR]}
 out=${2:-${OUT:-gpu_out}}
@@ -77,9 +78,18 @@ step profile_fp16 90 $py "$repo/bench/profile_step.py" --model resnet34 --batch-
 # 11. end to end under fp16: images/s, overflow steps and AUC against step 4
 step train_r34_fp16 240 $py -m facerec train --data "$work/pack" --out "$work/r34_fp16" --config gpu_resnet34 \
   train.epochs=10 train.compile=true train.log_every=1000 train.amp=fp16
+# 12. a reference-model candidate small enough to bring back (facenet_s: an 11 MB file): the cpu recipe with the
+#     robust augmentation preset at 24 epochs (docs/benchmarks.md, "Domain shift"), exported into OUT_DIR to be
+#     judged here on clean val, bench/shift.py and lfw_tiny against models/facehw.pt
+step train_robust_ref 180 $py -m facerec train --data "$work/pack" --out "$work/robust_ref" --config cpu \
+  train.epochs=24 data.augment=robust train.log_every=1000
+if [ -f "$work/robust_ref/best.pt" ]; then
+  $py -c "import sys; from facerec.engine.checkpoint import export_inference as e; e(sys.argv[1], sys.argv[2])" \
+    "$work/robust_ref/best.pt" "$out/robust_ref.pt"
+fi
 kill "$dmon" 2>/dev/null
 
-for run in r34 r34_fp16 cpu_recipe; do
+for run in r34 r34_fp16 cpu_recipe robust_ref; do
   [ -f "$work/$run/metrics.jsonl" ] || continue
   cp "$work/$run/metrics.jsonl" "$out/metrics_$run.jsonl"
   $py "$repo/bench/time_to_auc.py" "$work/$run" >>"$out/time_to_auc.log" 2>&1
@@ -92,7 +102,7 @@ grep -h "ms/step\|device busy" "$out"/profile*.log 2>/dev/null
 $py - "$work" <<'EOF'
 import json, statistics, sys
 from pathlib import Path
-for run in ("r34", "r34_fp16", "cpu_recipe"):
+for run in ("r34", "r34_fp16", "cpu_recipe", "robust_ref"):
     f = Path(sys.argv[1]) / run / "metrics.jsonl"
     if not f.exists():
         print(run, "no metrics"); continue
