@@ -274,7 +274,7 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
     elif t.init_from:
         _init_weights(model, t.init_from, log)
     amp = resolve_amp(t.amp, device)
-    advice = amp_advice(t.amp, device, cpu_has_bf16() if device.type == "cpu" else False)
+    advice = amp_advice(t.amp, device, cpu_has_bf16())  # None off the CPU
     if advice:
         log(advice)
     opts = StepOptions(device, amp, cl, o.grad_clip, t.log_every, t.max_steps_per_epoch)
