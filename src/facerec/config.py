@@ -33,6 +33,10 @@ class DataConfig:
     cache: bool = True  # cache decoded images as .npy next to the run (the second run starts in seconds)
     max_per_class: int = 0  # cap images per identity (0 = all); for quick experiments
     max_classes: int = 0  # use only the first N identities (0 = all); for quick experiments
+    # validation carved out of the training folders, for datasets without a val split or pair file:
+    holdout: float = 0.0  # share of identities kept out of training; pairs drawn from them give val AUC
+    holdout_pairs: int = 6000  # pairs drawn from the held-out identities (half same-identity, all distinct)
+    val_per_class: int = 0  # images of each training identity moved to a val split (val accuracy); 0 = none
 
 
 @dataclass

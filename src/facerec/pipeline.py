@@ -15,6 +15,7 @@ import torch
 from facerec.config import Config, config_from_dict, config_to_dict, save_config
 from facerec.data.augment import get_preset
 from facerec.data.folder import DataError
+from facerec.data.holdout import hold_out_identities, hold_out_images, holdout_pairset, write_pair_file
 from facerec.data.hw2p2 import Hw2p2Layout, detect_layout
 from facerec.data.memory import ImageSet, load_identity_folders
 from facerec.data.pack import is_pack, open_pack, read_meta, subset
@@ -124,7 +125,9 @@ def load_data(cfg: Config, log: Log = print) -> tuple[Hw2p2Layout, ImageSet, Ima
     log(f"dataset {layout.root} ({layout.kind} layout): train {layout.train}")
     pairs_file = Path(d.pairs) if d.pairs else layout.pairs_val
     pairs = None
-    if pairs_file is not None:
+    if pairs_file is not None and d.holdout:
+        log(f"data.holdout={d.holdout}: val AUC on pairs of held-out identities, not on {pairs_file}")
+    elif pairs_file is not None:
         pairs = load_pairset(pairs_file, layout.root, layout.verification, d.image_size, d.num_workers)
         log(f"val pairs: {len(pairs)} from {pairs_file} ({pairs.images.shape[0]} images)")
     if packed:
@@ -133,11 +136,28 @@ def load_data(cfg: Config, log: Log = print) -> tuple[Hw2p2Layout, ImageSet, Ima
         train = load_identity_folders(layout.train, d.image_size, None, d.num_workers, d.cache, log,
                                       d.max_per_class, d.max_classes)
     log(f"train: {len(train)} images of {len(train.classes)} identities")
+    if d.holdout:
+        train, held = hold_out_identities(train, d.holdout, cfg.train.seed)
+        pairs = holdout_pairset(held, d.holdout_pairs, cfg.train.seed, layout.train)
+        n_same = int(pairs.labels.sum()) if pairs.labels is not None else 0
+        log(f"held out {len(torch.unique(held.labels))} identities ({len(held)} images) for verification: "
+            f"{len(pairs)} val pairs ({n_same} same); train: {len(train)} images of {len(train.classes)} "
+            "identities")
     val_dir = Path(d.val) if d.val else layout.val
     val = None
-    if val_dir is not None:
+    if d.val_per_class:
+        if val_dir is not None:
+            log(f"data.val_per_class={d.val_per_class}: val accuracy on images held out of training, not on "
+                f"{val_dir}")
+        train, val = hold_out_images(train, d.val_per_class, cfg.train.seed)
+        log(f"val: {len(val)} images held out of training ({d.val_per_class} per identity); "
+            f"train: {len(train)} images")
+    elif val_dir is not None:
         val = load_identity_folders(val_dir, d.image_size, train.classes, d.num_workers, d.cache, log)
         log(f"val: {len(val)} images")
+    if pairs is None and val is None:
+        log("no validation data: best.pt follows the last epoch. Hold some out with data.holdout=0.1 "
+            "(identities, for val AUC) and/or data.val_per_class=2 (images, for val accuracy)")
     return layout, train, val, pairs
 
 
@@ -294,6 +314,8 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
     metrics = MetricsLog(run_dir) if ctx.is_main else None
     if ctx.is_main:
         save_config(cfg, run_dir / "config.yaml")
+        if cfg.data.holdout and pairs is not None:
+            _save_holdout_pairs(pairs, run_dir, layout.train, log)
         (run_dir / "model_summary.txt").write_text(f"{model}\n\nparameters: {count_parameters(model):,}\n")
     if metrics is not None and resume_state is None:
         metrics.write("start", device=str(device), num_params=count_parameters(model),
@@ -318,6 +340,18 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
             _finalise(run_dir, parts, metrics, state, t.best_metric, time.time() - t0, log)
         metrics.close()
     return state
+
+
+def _save_holdout_pairs(pairs: PairSet, run_dir: Path, train_root: Path, log: Log) -> None:
+    """RUN/holdout_pairs.txt: the held-out pairs in the val pair-file format, to score any model on them later."""
+    names = pairs.pairs.a + pairs.pairs.b
+    if any(len(n.split()) != 1 for n in names) or any(Path(n).is_absolute() for n in names):
+        log("holdout pairs not written to a file: some image paths contain spaces or are not under the training "
+            "root")
+        return
+    write_pair_file(pairs.pairs, run_dir / "holdout_pairs.txt")
+    log(f"held-out pairs: {run_dir / 'holdout_pairs.txt'} (score a model on them with `facerec evaluate "
+        f"--checkpoint CKPT --pairs {run_dir / 'holdout_pairs.txt'} --root {train_root}`)")
 
 
 def _finalise(run_dir: Path, parts: FitParts, metrics: MetricsLog, state: FitState, best_metric: str,
