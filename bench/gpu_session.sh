@@ -12,7 +12,7 @@
 #   STEPS="pack throughput throughput_fp16 throughput_recipe profile_fp16"        (about 5.5 minutes)
 #   STEPS="test_gpu pack train_r34 train_r34_fp16 profile_compiled"               (about 5 minutes)
 # and, with time left: STEPS="pack train_robust_ref train_cpu_recipe inference profile throughput512"
-# (train_robust_ref brings back a model file, robust_ref.pt: a reference-model candidate).
+# (train_robust_ref trains the cpu_robust recipe of models/facehw.pt and brings back its model file, robust_ref.pt).
 set -u
 tgz=${1:?usage: bench/gpu_session.sh FACEHW_TGZ [OUT_DIR]}
 out=${2:-${OUT:-gpu_out}}
@@ -81,8 +81,8 @@ step train_r34_fp16 240 $py -m facerec train --data "$work/pack" --out "$work/r3
 # 12. a reference-model candidate small enough to bring back (facenet_s: an 11 MB file): the cpu recipe with the
 #     robust augmentation preset at 24 epochs (docs/benchmarks.md, "Domain shift"), exported into OUT_DIR to be
 #     judged here on clean val, bench/shift.py and lfw_tiny against models/facehw.pt
-step train_robust_ref 180 $py -m facerec train --data "$work/pack" --out "$work/robust_ref" --config cpu \
-  train.epochs=24 data.augment=robust train.log_every=1000
+step train_robust_ref 180 $py -m facerec train --data "$work/pack" --out "$work/robust_ref" --config cpu_robust \
+  train.log_every=1000
 if [ -f "$work/robust_ref/best.pt" ]; then
   $py -c "import sys; from facerec.engine.checkpoint import export_inference as e; e(sys.argv[1], sys.argv[2])" \
     "$work/robust_ref/best.pt" "$out/robust_ref.pt"
