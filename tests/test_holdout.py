@@ -140,6 +140,10 @@ def test_training_a_plain_folder_with_holdout_reports_val_auc_and_accuracy(tmp_p
                  "--root", str(people), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert np.isclose(result["auc"], best["metrics"]["val_auc"], atol=1e-6)
+    assert main(["report", str(run)]) == 0  # the write-up says where its validation came from
+    report = (run / "report" / "report.md").read_text()
+    assert "0.25 of the identities held out" in report
+    assert "60 validation pairs (30 same, of identities held out of training)" in report
 
 
 def test_a_folder_without_validation_data_gets_a_hint(tmp_path: Path, cache, capsys):

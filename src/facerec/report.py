@@ -61,7 +61,7 @@ def write_report(run_dir: str | Path) -> Path:
         _architecture(run, cfg, start),
         _loss(cfg),
         _hyperparameters(cfg, start, epochs),
-        _results(epochs, best, end, start, ver),
+        _results(epochs, best, end, start, ver, bool((cfg.get("data") or {}).get("holdout"))),
         _figures(ver, pair_note),
         _epoch_table(epochs, best),
     ]
@@ -238,19 +238,28 @@ def _hyperparameters(cfg: dict, start: dict, epochs: list[dict]) -> str:
         ["Augmentation", f"{data.get('augment', '?')}, {data.get('image_size', '?')} px"],
         ["Epochs", f"{len(epochs)} run of {train.get('epochs', '?')} planned"],
         ["Precision / seed", f"AMP {train.get('amp', '?')}, seed {train.get('seed', '?')}"],
-        [
-            "Data",
-            f"`{data.get('root', '?')}`, {_fmt(_float(start.get('num_train_images')), 'int')} training images",
-        ],
+        ["Data", f"`{data.get('root', '?')}`, {_fmt(_float(start.get('num_train_images')), 'int')} training images"
+                 + _held_out(data)],
     ]
     return "## Hyperparameters\n\n" + _table(["Setting", "Value"], rows)
+
+
+def _held_out(data: dict) -> str:
+    """How validation was carved out of the training folders (data.holdout / data.val_per_class), if it was."""
+    parts = []
+    if data.get("holdout"):
+        parts.append(f"{data['holdout']:g} of the identities held out for verification pairs")
+    if data.get("val_per_class"):
+        parts.append(f"{data['val_per_class']} image(s) per identity held out for accuracy")
+    return f" after holding out validation ({'; '.join(parts)})" if parts else ""
 
 
 _RESULTS = (("val_acc", "Accuracy (top-1)", "pct"), ("val_top5", "Accuracy (top-5)", "pct"),
             ("val_auc", "Verification AUC", "dec"), ("val_eer", "EER", "pct"))  # fmt: skip
 
 
-def _results(epochs: list[dict], best: dict, end: dict, start: dict, ver: dict | None) -> str:
+def _results(epochs: list[dict], best: dict, end: dict, start: dict, ver: dict | None, held_out: bool = False
+             ) -> str:
     if not best:
         return "## Results\n\nNo epoch has finished yet."
     rows = []
@@ -266,7 +275,8 @@ def _results(epochs: list[dict], best: dict, end: dict, start: dict, ver: dict |
             ["Pair accuracy", f"{_fmt(ver['best_acc'], 'pct')} at threshold {ver['best_threshold']:.3f}", "—"]
         )
         note = (
-            f" Pair metrics use the checkpoint's {ver['n_pairs']} validation pairs ({ver['n_pos']} same): TAR "
+            f" Pair metrics use the checkpoint's {ver['n_pairs']} validation pairs ({ver['n_pos']} same"
+            + (", of identities held out of training" if held_out else "") + "): TAR "
             "at the lowest threshold whose FAR stays within the target; the accuracy threshold is tuned on them."
         )
     table = _table(["Validation metric", f"Checkpoint (epoch {best['epoch']})", "Best over run"], rows)
