@@ -150,3 +150,19 @@ def test_a_folder_without_validation_data_gets_a_hint(tmp_path: Path, cache, cap
     people = make_identity_folder(tmp_path / "people", ["a", "b", "c"], 4)
     assert main(["train", "--data", str(people), "--out", str(tmp_path / "run"), "train.epochs=1", *TINY]) == 0
     assert "no validation data" in capsys.readouterr().out
+
+
+def test_resume_keeps_the_same_held_out_split(tmp_path: Path, cache):
+    people = make_identity_folder(tmp_path / "people", [f"p{i}" for i in range(10)], 6)
+    run = tmp_path / "run"
+    args = ["--data", str(people), "--out", str(run), "data.holdout=0.3", "data.val_per_class=1", "train.seed=4",
+            *TINY]
+    assert main(["train", *args, "train.epochs=1"]) == 0
+    first_pairs = (run / "holdout_pairs.txt").read_text()
+    first_classes = load_checkpoint(run / "last.pt")["classes"]
+    (run / "holdout_pairs.txt").unlink()  # the resumed run draws its split again: it must come out the same
+    assert main(["train", "--out", str(run), "--resume", "train.epochs=2"]) == 0
+    assert (run / "holdout_pairs.txt").read_text() == first_pairs
+    assert load_checkpoint(run / "last.pt")["classes"] == first_classes
+    epochs = [r for r in read_metrics(run) if r.get("event") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and all("val_auc" in r for r in epochs)
