@@ -140,6 +140,9 @@ def test_training_a_plain_folder_with_holdout_reports_val_auc_and_accuracy(tmp_p
                  "--root", str(people), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert np.isclose(result["auc"], best["metrics"]["val_auc"], atol=1e-6)
+    capsys.readouterr()  # evaluating on the training folder itself warns that its accuracy is on training images
+    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(people), "--json"]) == 0
+    assert "is the folder this model trained on" in capsys.readouterr().err
     assert main(["report", str(run)]) == 0  # the write-up says where its validation came from
     report = (run / "report" / "report.md").read_text()
     assert "0.25 of the identities held out" in report

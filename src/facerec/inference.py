@@ -51,6 +51,10 @@ def evaluate_dataset(
     layout = detect_layout(data)
     out: dict[str, Any] = {}
     split = layout.val if layout.kind != "folder" else layout.train
+    if layout.kind == "folder" and _is_training_folder(fm, layout.train):
+        log(f"warning: {layout.train} is the folder this model trained on, so its accuracy is on training images. "
+            "For a run with data.holdout, score the held-out people: --pairs RUN/holdout_pairs.txt --root "
+            f"{layout.train}")
     if split is not None:
         out.update(evaluate_split(fm, split, flip, log))
     if layout.pairs_val is not None:
@@ -58,6 +62,12 @@ def evaluate_dataset(
     if not out:
         raise DataError(f"{data} holds neither a labelled split nor a labelled pair file to evaluate on")
     return out
+
+
+def _is_training_folder(fm: FaceModel, folder: Path) -> bool:
+    """Whether `folder` is the model's training data (its config's data.root, read from the current folder)."""
+    root = fm.config.data.root
+    return bool(root) and Path(root).resolve() == Path(folder).resolve()
 
 
 def write_submissions(
