@@ -89,6 +89,8 @@ def test_drawn_pairs_are_distinct_correctly_labelled_and_balanced():
     unordered = {(min(x, y), max(x, y)) for x, y in zip(a.tolist(), b.tolist())}
     assert len(unordered) == 20
     assert all(torch.equal(u, v) for u, v in zip(draw_pairs(labels, 20, seed=0), (a, b, same)))
+    with pytest.raises(ValueError, match="holdout_pairs must be at least 2"):
+        draw_pairs(labels, 1)
 
 
 def test_when_same_pairs_run_short_all_are_taken_and_the_set_stays_balanced():

@@ -88,6 +88,8 @@ def draw_pairs(labels: torch.Tensor, n_pairs: int, seed: int = 0
     """`n_pairs` distinct unordered pairs, half of them same-identity (fewer if fewer exist: then every
     same-identity pair is taken and as many different-identity ones drawn). Same pairs are drawn uniformly over
     all same pairs, different pairs uniformly over all different pairs. Returns idx_a, idx_b, label (1 = same)."""
+    if n_pairs < 2:
+        raise ValueError(f"data.holdout_pairs must be at least 2 (one same, one different pair), got {n_pairs}")
     labels = torch.as_tensor(labels).long()
     n = len(labels)
     gen = torch.Generator().manual_seed(seed + 2)
