@@ -177,3 +177,21 @@ def test_a_backend_that_cannot_compile_falls_back_to_eager(hw2p2_dir: Path, tmp_
         [r for r in read_metrics(tmp_path / run) if r["event"] == "epoch"] for run in ("eager", "fallback")
     )
     assert b[0]["train_loss"] == pytest.approx(a[0]["train_loss"], rel=1e-4)
+
+
+def test_python_train_api_applies_overrides_and_resumes(hw2p2_dir: Path, tmp_path: Path, cache):
+    from facerec.config import ConfigError, load_config
+
+    run = tmp_path / "api_run"
+    tiny = {k: v for k, v in (item.split("=") for item in TINY)}
+    tiny = {k: (v if k == "model.backbone" else float(v) if "." in v else int(v)) for k, v in tiny.items()}
+    best = facerec.train(hw2p2_dir, run, overrides={**tiny, "train.epochs": 1, "train.flip_tta": False})
+    cfg = load_config(run / "config.yaml")
+    assert cfg.train.epochs == 1 and cfg.train.flip_tta is False and cfg.model.embedding_dim == 32
+    assert cfg.data.root == str(hw2p2_dir) and best == run / "best.pt"
+    model = facerec.load(best)
+    assert model.embed(torch.zeros(2, 16, 16, 3, dtype=torch.uint8)).shape == (2, 32)
+    assert facerec.train(None, run, overrides=["train.epochs=2"], resume=True) == best
+    assert [r["epoch"] for r in read_metrics(run) if r["event"] == "epoch"] == [1, 2]
+    with pytest.raises(ConfigError, match="unknown config key 'train.epoch'"):
+        facerec.train(hw2p2_dir, tmp_path / "bad", overrides={"train.epoch": 3})

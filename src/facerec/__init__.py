@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -10,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from facerec.api import FaceModel
 
 
-def load(checkpoint: str, device: str = "cpu") -> FaceModel:
+def load(checkpoint: str | Path, device: str = "cpu") -> FaceModel:
     """Load a trained model (a run checkpoint, an exported model file, or an ONNX export) for `embed`, `verify` and
     `classify` (ONNX exports: `embed`, `score` and `verify`, run by ONNX Runtime)."""
     if str(checkpoint).endswith(".onnx"):
@@ -20,6 +23,40 @@ def load(checkpoint: str, device: str = "cpu") -> FaceModel:
     from facerec.api import FaceModel
 
     return FaceModel.load(checkpoint, device=device)
+
+
+def train(
+    data: str | Path | None,
+    out: str | Path,
+    config: str | Path | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] = (),
+    resume: bool = False,
+) -> Path:
+    """Train like `facerec train`; returns the path of the run's best checkpoint (`facerec.load` it).
+
+    Args:
+        data: the dataset (an HW2P2 folder, a folder of identity folders or a pack); None when resuming.
+        out: the run folder.
+        config: a shipped recipe name (`facerec list recipes`) or a YAML file; None for the defaults.
+        overrides: `{"train.epochs": 5, "data.holdout": 0.1}` or `["train.epochs=5", ...]`, as on the command line.
+        resume: continue the run in `out` from its last checkpoint (the overrides apply on top of its config).
+    """
+    from facerec.config import load_config, recipe_path
+    from facerec.pipeline import resume_config
+    from facerec.pipeline import train as run_training
+
+    if isinstance(overrides, Mapping):  # JSON values are YAML flow values: numbers, true/false, null, [...], {...}
+        items = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+    else:
+        items = list(overrides)
+    if data is not None:
+        items.insert(0, f"data.root={data}")
+    if resume:
+        cfg = resume_config(out, True, items)
+    else:
+        cfg = load_config(recipe_path(str(config)) if config else None, items)
+    run_training(cfg, out, resume=resume)
+    return Path(out) / "best.pt"
 
 
 def __getattr__(name: str) -> Any:
