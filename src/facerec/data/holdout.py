@@ -56,7 +56,7 @@ def hold_out_identities(images: ImageSet, fraction: float, seed: int = 0) -> tup
     is_out = torch.zeros(len(images.classes), dtype=torch.bool)
     is_out[chosen] = True
     out_rows = is_out[images.labels]
-    keep = [c for c in range(len(images.classes)) if not is_out[c]]
+    keep = torch.nonzero(~is_out).squeeze(1).tolist()
     train = _take(images, torch.nonzero(~out_rows).squeeze(1), keep)
     held = _take(images, torch.nonzero(out_rows).squeeze(1))
     return train, held
