@@ -142,9 +142,15 @@ def test_training_a_plain_folder_with_holdout_reports_val_auc_and_accuracy(tmp_p
                  "--root", str(people), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert np.isclose(result["auc"], best["metrics"]["val_auc"], atol=1e-6)
-    capsys.readouterr()  # evaluating on the training folder itself warns that its accuracy is on training images
+    capsys.readouterr()  # evaluating on the training folder rebuilds the split: the recorded val metrics again
     assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(people), "--json"]) == 0
-    assert "is the folder this model trained on" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "scoring what its run held out (seed 0): 18 val images (2 per identity) and 60 pairs of 3 held-out" \
+        in captured.err
+    result = json.loads(captured.out)
+    assert result["n_images"] == 18
+    assert np.isclose(result["accuracy"], best["metrics"]["val_acc"], atol=1e-6)
+    assert np.isclose(result["auc"], best["metrics"]["val_auc"], atol=1e-6)
     assert main(["report", str(run)]) == 0  # the write-up says where its validation came from
     report = (run / "report" / "report.md").read_text()
     assert "0.25 of the identities held out" in report
@@ -155,6 +161,9 @@ def test_a_folder_without_validation_data_gets_a_hint(tmp_path: Path, cache, cap
     people = make_identity_folder(tmp_path / "people", ["a", "b", "c"], 4)
     assert main(["train", "--data", str(people), "--out", str(tmp_path / "run"), "train.epochs=1", *TINY]) == 0
     assert "no validation data" in capsys.readouterr().out
+    # evaluating it on its own training folder warns that the accuracy is on training images
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data", str(people)]) == 0
+    assert "warning: " + f"{people} is the folder this model trained on" in capsys.readouterr().out
 
 
 def test_resume_keeps_the_same_held_out_split(tmp_path: Path, cache):

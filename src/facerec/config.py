@@ -93,7 +93,9 @@ class TrainConfig:
     flip_tta: bool = True  # average embeddings of the image and its mirror at evaluation
     log_every: int = 20  # steps between progress lines
     max_steps_per_epoch: int = 0  # 0 = full epochs; for smoke tests
+    early_stop: int = 0  # stop once this many epochs pass without a better best_metric (0 = never)
     time_limit_min: float = 0.0  # stop after the epoch that passes this many minutes (0 = no limit)
+    ema: float = 0.0  # EMA decay of the weights per step (e.g. 0.998); validation and best.pt use the average
     init_from: str = ""  # start the network (not the loss) from this checkpoint, e.g. ArcFace after softmax
 
 

@@ -9,6 +9,7 @@ import torch
 
 from facerec.api import FaceModel
 from facerec.data.folder import DataError
+from facerec.data.holdout import split_validation
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.memory import load_flat_images, load_identity_folders
 from facerec.data.pairset import PairSet, load_pairset
@@ -24,9 +25,42 @@ def pair_scores_for(fm: FaceModel, pairs: PairSet, scoring: str | None = None, f
 def evaluate_split(fm: FaceModel, split_dir: str | Path, flip: bool = True, log=print) -> dict[str, float]:
     """Top-1 / top-5 accuracy on a labelled identity-folder split, labels matched to the model by folder name."""
     data = load_identity_folders(split_dir, fm.image_size, fm.classes, cache=False, log=log)
-    scores = class_scores(fm.embed(data.images, flip=flip), fm.loss_fn, fm.prototypes)
-    m = evaluate_closed_set(scores, data.labels)
-    return {"accuracy": m["acc"], "top5": m["top5"], "n_images": len(data)}
+    return _accuracy(fm, data.images, data.labels, flip)
+
+
+def _accuracy(fm: FaceModel, images: torch.Tensor, labels: torch.Tensor, flip: bool) -> dict[str, float]:
+    scores = class_scores(fm.embed(images, flip=flip), fm.loss_fn, fm.prototypes)
+    m = evaluate_closed_set(scores, labels)
+    return {"accuracy": m["acc"], "top5": m["top5"], "n_images": len(labels)}
+
+
+def evaluate_held_out(
+    fm: FaceModel, root: str | Path, scoring: str | None = None, flip: bool = True, log=print
+) -> dict[str, Any]:
+    """What a run with `data.holdout` / `data.val_per_class` validated on, rebuilt from its config and its
+    training folder `root`: accuracy on the val images, verification metrics on the held-out people's pairs."""
+    d, seed = fm.config.data, fm.config.train.seed
+    images = load_identity_folders(root, fm.image_size, None, d.num_workers, d.cache, log, d.max_per_class,
+                                   d.max_classes)
+    train, val, pairs = split_validation(images, d.holdout, d.holdout_pairs, d.val_per_class, seed, root)
+    if train.classes != fm.classes:
+        raise DataError(
+            f"{root} no longer holds the identities this model trained on ({len(train.classes)} after the "
+            f"hold-out, the model has {len(fm.classes)}), so its held-out split cannot be rebuilt; score the "
+            f"pairs saved with the run instead: --pairs RUN/holdout_pairs.txt --root {root}"
+        )
+    parts = [f"{len(val)} val images ({d.val_per_class} per identity)"] if val is not None else []
+    if pairs is not None:
+        parts.append(f"{len(pairs)} pairs of {len(images.classes) - len(fm.classes)} held-out identities")
+    log(f"{root} is this model's training folder: scoring what its run held out (seed {seed}): "
+        + " and ".join(parts))
+    out: dict[str, Any] = {}
+    if val is not None:
+        out.update(_accuracy(fm, val.images, val.labels, flip))
+    if pairs is not None and pairs.labels is not None:
+        out.update(evaluate_pairs(pair_scores_for(fm, pairs, scoring, flip), pairs.labels),
+                   scoring=scoring or fm.scoring)
+    return out
 
 
 def evaluate_pair_file(
@@ -52,9 +86,10 @@ def evaluate_dataset(
     out: dict[str, Any] = {}
     split = layout.val if layout.kind != "folder" else layout.train
     if layout.kind == "folder" and _is_training_folder(fm, layout.train):
+        if fm.config.data.holdout or fm.config.data.val_per_class:
+            return evaluate_held_out(fm, layout.train, scoring, flip, log)
         log(f"warning: {layout.train} is the folder this model trained on, so its accuracy is on training images. "
-            "For a run with data.holdout, score the held-out people: --pairs RUN/holdout_pairs.txt --root "
-            f"{layout.train}")
+            "Train with data.holdout=0.1 and/or data.val_per_class=2 to keep validation out of it")
     if split is not None:
         out.update(evaluate_split(fm, split, flip, log))
     if layout.pairs_val is not None:

@@ -15,7 +15,7 @@ import torch
 from facerec.config import Config, config_from_dict, config_to_dict, save_config
 from facerec.data.augment import get_preset
 from facerec.data.folder import DataError
-from facerec.data.holdout import hold_out_identities, hold_out_images, holdout_pairset, write_pair_file
+from facerec.data.holdout import split_validation, write_pair_file
 from facerec.data.hw2p2 import Hw2p2Layout, detect_layout
 from facerec.data.memory import ImageSet, load_identity_folders
 from facerec.data.pack import is_pack, open_pack, read_meta, subset
@@ -30,6 +30,7 @@ from facerec.engine.distributed import (
     shutdown,
     wrap_model,
 )
+from facerec.engine.ema import WeightAverage
 from facerec.engine.fit import FitParts, FitState, fit, load_fit_state, prototypes_for
 from facerec.engine.progress import MetricsLog
 from facerec.engine.schedule import LRSchedule
@@ -136,23 +137,25 @@ def load_data(cfg: Config, log: Log = print) -> tuple[Hw2p2Layout, ImageSet, Ima
         train = load_identity_folders(layout.train, d.image_size, None, d.num_workers, d.cache, log,
                                       d.max_per_class, d.max_classes)
     log(f"train: {len(train)} images of {len(train.classes)} identities")
-    if d.holdout:
-        train, held = hold_out_identities(train, d.holdout, cfg.train.seed)
-        pairs = holdout_pairset(held, d.holdout_pairs, cfg.train.seed, layout.train)
-        n_same = int(pairs.labels.sum()) if pairs.labels is not None else 0
-        log(f"held out {len(torch.unique(held.labels))} identities ({len(held)} images) for verification: "
-            f"{len(pairs)} val pairs ({n_same} same); train: {len(train)} images of {len(train.classes)} "
-            "identities")
     val_dir = Path(d.val) if d.val else layout.val
     val = None
-    if d.val_per_class:
-        if val_dir is not None:
-            log(f"data.val_per_class={d.val_per_class}: val accuracy on images held out of training, not on "
-                f"{val_dir}")
-        train, val = hold_out_images(train, d.val_per_class, cfg.train.seed)
-        log(f"val: {len(val)} images held out of training ({d.val_per_class} per identity); "
-            f"train: {len(train)} images")
-    elif val_dir is not None:
+    if d.holdout or d.val_per_class:
+        n_classes, n_images = len(train.classes), len(train)
+        train, val, held_pairs = split_validation(train, d.holdout, d.holdout_pairs, d.val_per_class,
+                                                  cfg.train.seed, layout.train)
+        if held_pairs is not None:
+            pairs = held_pairs
+            n_same = int(pairs.labels.sum()) if pairs.labels is not None else 0
+            n_held = n_images - len(train) - (len(val) if val is not None else 0)
+            log(f"held out {n_classes - len(train.classes)} identities ({n_held} images) for verification: "
+                f"{len(pairs)} val pairs ({n_same} same)")
+        if val is not None:
+            if val_dir is not None:
+                log(f"data.val_per_class={d.val_per_class}: val accuracy on images held out of training, not on "
+                    f"{val_dir}")
+            log(f"val: {len(val)} images held out of training ({d.val_per_class} per identity)")
+        log(f"train: {len(train)} of {n_images} images, {len(train.classes)} identities")
+    if val is None and val_dir is not None and not d.val_per_class:
         val = load_identity_folders(val_dir, d.image_size, train.classes, d.num_workers, d.cache, log)
         log(f"val: {len(val)} images")
     if pairs is None and val is None:
@@ -284,15 +287,16 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
     schedule = LRSchedule(o.lr, t.epochs, steps, o.schedule, o.warmup_epochs, o.min_lr, o.step_size, o.gamma,
                           o.patience)
     state = FitState()
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        loss_fn.load_state_dict(resume_state["loss"])
+    if resume_state is not None:  # with a weight average, "model" / "loss" hold the average (engine/ema.py)
+        model.load_state_dict(resume_state.get("train_model", resume_state["model"]))
+        loss_fn.load_state_dict(resume_state.get("train_loss", resume_state["loss"]))
         optimizer.load_state_dict(resume_state["optimizer"])
         schedule.load_state_dict(resume_state.get("schedule", {}))
         state = load_fit_state(resume_state["fit_state"])
         set_rng_state(resume_state["rng"])
     elif t.init_from:
         _init_weights(model, t.init_from, log)
+    ema = _weight_average(t.ema, model, loss_fn, resume_state, log) if ctx.is_main else None  # rank 0 validates
     amp = resolve_amp(t.amp, device)
     advice = amp_advice(t.amp, device, cpu_has_bf16())  # None off the CPU
     if advice:
@@ -310,7 +314,7 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
         train_model = torch.compile(train_model)
     parts = FitParts(model, loss_fn, optimizer, schedule, train_set, sampler, get_preset(cfg.data.augment), opts,
                      val, pairs, resolve_scoring(cfg, loss_fn), t.flip_tta, train_model=train_model,
-                     train_loss=GatherLoss(loss_fn) if ctx.enabled else None, dist=ctx)
+                     train_loss=GatherLoss(loss_fn) if ctx.enabled else None, dist=ctx, ema=ema)
     metrics = MetricsLog(run_dir) if ctx.is_main else None
     if ctx.is_main:
         save_config(cfg, run_dir / "config.yaml")
@@ -324,9 +328,12 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
                       sampler=type(sampler).__name__, world_size=ctx.world_size)
 
     def extra() -> dict[str, Any]:
-        return {"config": config_to_dict(cfg), "classes": train_set.classes, "model": model.state_dict(),
-                "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "scoring": parts.scoring,
+        weights = {"model": model.state_dict(), "loss": loss_fn.state_dict()}
+        if ema is not None:  # what evaluation and inference use, then the optimiser's own weights for --resume
+            weights = {"model": ema.state_dict("model"), "loss": ema.state_dict("loss"), "ema": ema.counters(),
+                       "train_model": weights["model"], "train_loss": weights["loss"]}
+        return {"config": config_to_dict(cfg), "classes": train_set.classes, **weights,
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "scoring": parts.scoring,
                 **({"loss_scale": opts.loss_scale.state_dict()} if opts.loss_scale is not None else {})}
 
     t0 = time.time()
@@ -334,7 +341,7 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
     # Ctrl-C simply ends the job, and --resume continues from the last epoch's last.pt.
     with _StopFlag(install=not ctx.enabled) as flag:
         state = fit(parts, state, t.epochs, run_dir, t.seed, extra, metrics, t.best_metric, t.eval_every,
-                    t.time_limit_min * 60, lambda: flag.stop)
+                    t.time_limit_min * 60, lambda: flag.stop, t.early_stop)
     if metrics is not None:
         if state.epoch >= t.epochs or not flag.stop:
             _finalise(run_dir, parts, metrics, state, t.best_metric, time.time() - t0, log)
@@ -373,6 +380,20 @@ def _finalise(run_dir: Path, parts: FitParts, metrics: MetricsLog, state: FitSta
     metrics.write("end", best_epoch=state.best_epoch, best_metric=best_metric, best_value=best_value,
                   total_time_s=seconds)
     log(f"done: best {best_metric} {best_value} at epoch {state.best_epoch}; checkpoint {run_dir / 'best.pt'}")
+
+
+def _weight_average(decay: float, model: torch.nn.Module, loss_fn: torch.nn.Module,
+                    resume_state: dict[str, Any] | None, log: Log) -> WeightAverage | None:
+    """train.ema: the weight average (None when 0), continued from the resumed checkpoint when that kept one."""
+    if not decay:
+        return None
+    ema = WeightAverage({"model": model, "loss": loss_fn}, decay)
+    if resume_state is not None and "ema" in resume_state:
+        ema.load({"model": resume_state["model"], "loss": resume_state["loss"]}, resume_state["ema"])
+    elif resume_state is not None:
+        log(f"train.ema={decay}: the resumed checkpoint kept no weight average; it starts from its weights")
+    log(f"weight average (EMA, decay {decay}, about {1 / (1 - decay):.0f} steps): validation and best.pt use it")
+    return ema
 
 
 def _init_weights(model: torch.nn.Module, path: str, log: Log) -> None:

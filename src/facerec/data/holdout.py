@@ -156,6 +156,20 @@ def holdout_pairset(held: ImageSet, n_pairs: int, seed: int, root: str | Path | 
     return PairSet(pairs, held.images[used], pa, pb, same)
 
 
+def split_validation(
+    train: ImageSet, holdout: float, holdout_pairs: int, val_per_class: int, seed: int, root: str | Path | None
+) -> tuple[ImageSet, ImageSet | None, PairSet | None]:
+    """The splits of `data.holdout` and `data.val_per_class` (either may be 0): (train left, val images or None,
+    held-out pairs or None). Training and `facerec evaluate` both call this, so they score the same people."""
+    pairs = val = None
+    if holdout:
+        train, held = hold_out_identities(train, holdout, seed)
+        pairs = holdout_pairset(held, holdout_pairs, seed, root)
+    if val_per_class:
+        train, val = hold_out_images(train, val_per_class, seed)
+    return train, val, pairs
+
+
 def _relative(path: str, root: str | Path | None) -> str:
     if root is None:
         return path

@@ -45,6 +45,7 @@ def embed(
     return torch.cat(out)
 
 
+@torch.no_grad()
 def class_scores(
     embeddings: torch.Tensor, loss_fn: EmbeddingLoss | None, prototypes: torch.Tensor | None
 ) -> torch.Tensor:

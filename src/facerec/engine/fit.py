@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from facerec.data.memory import ImageSet
 from facerec.data.pairset import PairSet
 from facerec.engine.checkpoint import rng_state, save_checkpoint
 from facerec.engine.distributed import DistContext
+from facerec.engine.ema import WeightAverage
 from facerec.engine.evaluate import (
     class_prototypes,
     class_scores,
@@ -67,6 +69,7 @@ class FitParts:
     train_model: nn.Module | None = None
     train_loss: EmbeddingLoss | None = None
     dist: DistContext = field(default_factory=DistContext)  # rank 0 alone validates, logs and writes files
+    ema: WeightAverage | None = None  # train.ema: validation scores the weight average (engine/ema.py)
 
 
 def epoch_batches(train: ImageSet, sampler: Any, generator: torch.Generator, device: torch.device, skip: int = 0):
@@ -108,7 +111,13 @@ def prototypes_for(parts: FitParts, per_class: int = 8) -> torch.Tensor | None:
 
 
 def validate(parts: FitParts) -> tuple[dict[str, float], np.ndarray | None]:
-    """Closed-set accuracy on the val split and verification metrics on the val pairs (whichever exist)."""
+    """Closed-set accuracy on the val split and verification metrics on the val pairs (whichever exist), of the
+    weight average when the run keeps one."""
+    with parts.ema.applied() if parts.ema is not None else contextlib.nullcontext():
+        return _validate(parts)
+
+
+def _validate(parts: FitParts) -> tuple[dict[str, float], np.ndarray | None]:
     out: dict[str, float] = {}
     pair_scores = None
     dev, cl = parts.opts.device, parts.opts.channels_last
@@ -146,12 +155,16 @@ def fit(
     eval_every: int = 1,
     time_limit_s: float = 0.0,
     should_stop: Callable[[], bool] = lambda: False,
+    early_stop: int = 0,
 ) -> FitState:
     """Run epochs `state.epoch .. epochs-1`. Every epoch writes `last.pt`; an improved `best_metric` also writes
     `best.pt` and `val_pair_scores.npz`. Each epoch's randomness derives from (seed, epoch), so a resumed run
-    replays the same batches and augmentations as an uninterrupted one."""
+    replays the same batches and augmentations as an uninterrupted one. `early_stop` > 0 ends the run once that
+    many epochs have passed since `best_metric` last improved."""
     if best_metric not in BEST_METRICS:
         raise ValueError(f"unknown best_metric {best_metric!r}; choose one of {list(BEST_METRICS)}")
+    if early_stop < 0:
+        raise ValueError(f"train.early_stop={early_stop}: give a number of epochs, or 0 to train every epoch")
     main = parts.dist.is_main  # metrics is None on the other ranks
     progress = Progress(epochs, len(parts.sampler)) if main else None
     t_start = time.time()
@@ -174,7 +187,7 @@ def fit(
             parts.train_loss if parts.train_loss is not None else parts.loss_fn,
             epoch_batches(parts.train, parts.sampler, gen, parts.opts.device, skip), len(parts.sampler) - skip,
             parts.optimizer, parts.schedule, state.global_step, parts.aug, aug_gen, parts.opts, progress, epoch,
-            should_stop,
+            should_stop, parts.ema,
         )
         if skip:
             result = merge_partial(state.partial, result)
@@ -193,7 +206,7 @@ def fit(
         if not interrupted and parts.dist.broadcast(parts.opts.faults.triggered(result, parts.model)):
             rollbacks += 1
             summary.update(recover_from_faults(parts.model, parts.loss_fn, parts.optimizer, run_dir / "last.pt",
-                                               parts.opts.faults, rollbacks))
+                                               parts.opts.faults, rollbacks, parts.ema))
         val_scores = None
         if not interrupted and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             val, val_scores = validate(parts) if main else ({}, None)
@@ -227,6 +240,14 @@ def fit(
                 if val_scores is not None:
                     np.savez(run_dir / "val_pair_scores.npz", scores=val_scores, labels=parts.pairs.labels.numpy())
                 save_checkpoint(ckpt, run_dir / "best.pt")
+        # every rank holds the same (broadcast) metric, so every rank stops after the same epoch
+        measured = _metric_value(best_metric, summary) is not None
+        if early_stop and measured and epoch + 1 < epochs and epoch + 1 - state.best_epoch >= early_stop:
+            if main:
+                print(f"early stop after epoch {epoch + 1}: no better {best_metric} for {early_stop} epochs (best "
+                      f"at epoch {state.best_epoch})", flush=True)
+                metrics.write("early_stop", epoch=epoch + 1, best_epoch=state.best_epoch)
+            break
         # rank 0's clock decides, so that every rank stops after the same epoch
         if time_limit_s and epoch + 1 < epochs and parts.dist.broadcast(time.time() - t_start > time_limit_s):
             if main:

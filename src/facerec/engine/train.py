@@ -29,6 +29,7 @@ from torch import nn
 
 from facerec.data.augment import AugmentSpec, augment, to_input
 from facerec.engine.checkpoint import load_checkpoint
+from facerec.engine.ema import WeightAverage
 from facerec.engine.loss_scale import LossScale
 from facerec.engine.progress import Progress
 from facerec.engine.schedule import LRSchedule
@@ -160,8 +161,10 @@ def train_one_epoch(
     progress: Progress | None = None,
     epoch: int = 0,
     should_stop: Callable[[], bool] = lambda: False,
+    ema: WeightAverage | None = None,
 ) -> dict[str, float]:
-    """Train over `batches` of (uint8 images (B,S,S,3), labels (B,)) and return epoch metrics.
+    """Train over `batches` of (uint8 images (B,S,S,3), labels (B,)) and return epoch metrics; `ema` (if any)
+    follows the weights after every step.
 
     A step whose loss or gradient norm is not finite is skipped (counted as `skipped_steps`) instead of poisoning
     the weights. The gradient norm is computed every step (one fused reduction, reused by `grad_clip`); the skip
@@ -228,6 +231,8 @@ def train_one_epoch(
             optimizer.step()
         if scaler is not None:
             scaler.update(ok)
+        if ema is not None:  # a skipped step left the weights alone: the average moves towards the same ones
+            ema.update()
         with torch.no_grad():
             n = labels.shape[0]
             good, fault = ok.float(), (~ok & ~overflow)
@@ -270,10 +275,13 @@ def recover_from_faults(
     checkpoint: str | Path,
     policy: FaultPolicy,
     rollbacks: int,
+    ema: WeightAverage | None = None,
 ) -> dict[str, Any]:
     """The `rollbacks`-th reaction to an epoch of repeated non-finite steps: reload model, loss and optimiser state
     from `checkpoint` (the last good epoch; skipped if it does not exist yet) and scale every group's learning rate
-    by `policy.lr_factor`. The scale lives in the optimiser's param groups, so later checkpoints keep it."""
+    by `policy.lr_factor`. The scale lives in the optimiser's param groups, so later checkpoints keep it. With a
+weight average (`ema`), the optimiser's weights are the checkpoint's "train_model" / "train_loss" and the average
+comes back too."""
     if rollbacks > policy.max_rollbacks:
         lr_scale = optimizer.param_groups[0].get("lr_scale", 1.0)
         raise TrainingDiverged(
@@ -285,9 +293,12 @@ def recover_from_faults(
     rolled_back = path.is_file()
     if rolled_back:
         state = load_checkpoint(path, map_location="cpu")
-        getattr(model, "_orig_mod", model).load_state_dict(state["model"])  # torch.compile wraps the module
-        loss_fn.load_state_dict(state["loss"])
+        # torch.compile wraps the module; with an EMA, "model" is the average and "train_model" the live weights
+        getattr(model, "_orig_mod", model).load_state_dict(state.get("train_model", state["model"]))
+        loss_fn.load_state_dict(state.get("train_loss", state["loss"]))
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and "ema" in state:
+            ema.load({"model": state["model"], "loss": state["loss"]}, state["ema"])
     for group in optimizer.param_groups:
         group["lr_scale"] = group.get("lr_scale", 1.0) * policy.lr_factor
     lr_scale = optimizer.param_groups[0]["lr_scale"]
