@@ -106,6 +106,8 @@ def test_training_with_ema_validates_and_saves_the_average(hw2p2_dir: Path, tmp_
     result = json.loads(capsys.readouterr().out)
     assert result["auc"] == pytest.approx(epochs[best["epoch"]]["val_auc"], abs=1e-6)
     assert result["accuracy"] == pytest.approx(epochs[best["epoch"]]["val_acc"], abs=1e-6)
+    assert main(["report", str(run)]) == 0
+    assert "the weights' EMA (decay 0.8 per step)" in (run / "report" / "report.md").read_text()
 
 
 def test_resume_continues_the_average(hw2p2_dir: Path, tmp_path: Path):
@@ -142,6 +144,9 @@ def test_early_stop_ends_the_run_after_epochs_without_improvement(hw2p2_dir: Pat
     assert [r["best_epoch"] for r in records if r["event"] == "early_stop"] == [2]
     assert records[-1]["event"] == "end" and records[-1]["best_epoch"] == 2
     assert load_checkpoint(run / "best.pt")["epoch"] == 2
+    assert main(["report", str(run)]) == 0
+    assert "5 run of 8 planned; early stop after 3 epochs without a better val_auc" in \
+        (run / "report" / "report.md").read_text()
     assert main(["train", "--data", str(hw2p2_dir), "--out", str(tmp_path / "x"), "train.early_stop=-1",
                  *TINY]) == 1
     assert "train.early_stop=-1" in capsys.readouterr().err

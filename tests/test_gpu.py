@@ -21,6 +21,7 @@ import torch
 from facerec.data.augment import get_preset
 from facerec.data.memory import ImageSet
 from facerec.data.sampler import RandomBatchSampler
+from facerec.engine.ema import WeightAverage
 from facerec.engine.fit import epoch_batches
 from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
@@ -55,7 +56,8 @@ def _no_sync_after_first(batches: Iterator) -> Iterator:
 )
 @pytest.mark.parametrize("grad_clip", [0.0, 5.0])
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_training_step_never_waits_for_the_gpu(terms, grad_clip: float, amp: str) -> None:
+@pytest.mark.parametrize("ema", [0.0, 0.99], ids=["no_ema", "ema"])
+def test_training_step_never_waits_for_the_gpu(terms, grad_clip: float, amp: str, ema: float) -> None:
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = FaceEmbedder("resnet18", 64, image_size=32).to(dev, memory_format=torch.channels_last)
@@ -67,9 +69,10 @@ def test_training_step_never_waits_for_the_gpu(terms, grad_clip: float, amp: str
     sampler = RandomBatchSampler(n, 32)
     batches = epoch_batches(train, sampler, torch.Generator().manual_seed(0), dev)
     opts = StepOptions(dev, amp=amp, channels_last=True, grad_clip=grad_clip, log_every=10**9)
+    average = WeightAverage({"model": model, "loss": loss_fn}, ema) if ema else None
     result = train_one_epoch(model, loss_fn, _no_sync_after_first(batches), len(sampler), optimizer,
                              LRSchedule(0.05, 1, len(sampler)), 0, get_preset("standard"),
-                             torch.Generator(device=dev).manual_seed(0), opts)
+                             torch.Generator(device=dev).manual_seed(0), opts, ema=average)
     overflows = result.get("overflow_steps", 0)  # fp16: the first steps may overflow the starting loss scale
     assert result["steps"] == len(sampler) - overflows and result["skipped_steps"] == 0
     assert result["images"] == n - 32 * overflows and math.isfinite(result["train_loss"])

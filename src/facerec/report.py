@@ -231,17 +231,24 @@ def _hyperparameters(cfg: dict, start: dict, epochs: list[dict]) -> str:
         opt += f", momentum {optim.get('momentum', '?')}" + (" (Nesterov)" if optim.get("nesterov") else "")
     if optim.get("grad_clip"):
         opt += f", gradient clipping at norm {optim['grad_clip']}"
+    if train.get("ema"):
+        opt += f"; evaluated and saved: the weights' EMA (decay {train['ema']} per step)"
     rows = [
         ["Optimizer", opt],
         ["Schedule", f"{optim.get('schedule', '?')}, {optim.get('warmup_epochs', 0)} warm-up epoch(s)"],
         ["Batch", batch],
         ["Augmentation", f"{data.get('augment', '?')}, {data.get('image_size', '?')} px"],
-        ["Epochs", f"{len(epochs)} run of {train.get('epochs', '?')} planned"],
+        ["Epochs", f"{len(epochs)} run of {train.get('epochs', '?')} planned" + _early_stop(train)],
         ["Precision / seed", f"AMP {train.get('amp', '?')}, seed {train.get('seed', '?')}"],
         ["Data", f"`{data.get('root', '?')}`, {_fmt(_float(start.get('num_train_images')), 'int')} training images"
                  + _held_out(data)],
     ]
     return "## Hyperparameters\n\n" + _table(["Setting", "Value"], rows)
+
+
+def _early_stop(train: dict) -> str:
+    n = train.get("early_stop")
+    return f"; early stop after {n} epochs without a better {train.get('best_metric')}" if n else ""
 
 
 def _held_out(data: dict) -> str:
