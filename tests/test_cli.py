@@ -195,3 +195,17 @@ def test_python_train_api_applies_overrides_and_resumes(hw2p2_dir: Path, tmp_pat
     assert [r["epoch"] for r in read_metrics(run) if r["event"] == "epoch"] == [1, 2]
     with pytest.raises(ConfigError, match="unknown config key 'train.epoch'"):
         facerec.train(hw2p2_dir, tmp_path / "bad", overrides={"train.epoch": 3})
+
+
+def test_print_config_shows_the_resolved_config_without_training(tmp_path: Path, capsys):
+    import yaml
+
+    from facerec.config import config_to_dict, load_config, recipe_path
+
+    assert main(["train", "--config", "cpu", "--print-config", "optim.lr=0.05", "train.ema=0.99"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown == config_to_dict(load_config(recipe_path("cpu"), ["optim.lr=0.05", "train.ema=0.99"]))
+    assert shown["optim"]["lr"] == 0.05 and shown["loss"]["name"] == "cosface"  # override, recipe
+    assert main(["train", "--config", "cpu"]) == 2  # training needs a run folder
+    assert "give --out RUN_DIR" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

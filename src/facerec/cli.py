@@ -15,10 +15,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a face-embedding model",
                        description="Train on an HW2P2 dataset (either layout) or any folder of identity folders.")
     p.add_argument("--data", help="dataset folder (sets data.root)")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, config.yaml")
+    p.add_argument("--out", help="run folder: checkpoints, metrics.jsonl, config.yaml (required to train)")
     p.add_argument("--config", help="YAML recipe file, or the name of a shipped recipe (facerec list recipes)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt (overrides still apply)")
     p.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint instead of RUN/last.pt")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (defaults, recipe, overrides) as YAML and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
 
 
@@ -92,17 +94,23 @@ def _device(name: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from facerec.config import load_config, recipe_path
+    from facerec.config import config_yaml, load_config, recipe_path
     from facerec.pipeline import resume_config, train
 
     overrides = list(args.overrides)
     if args.data:
         overrides.insert(0, f"data.root={args.data}")
     resume = args.resume_from or args.resume
+    if not args.out and (resume is True or not args.print_config):
+        print("facerec train: give --out RUN_DIR (the run folder)", file=sys.stderr)
+        return EXIT_USAGE
     if resume:
-        cfg = resume_config(args.out, resume, overrides)
+        cfg = resume_config(args.out or "", resume, overrides)
     else:
         cfg = load_config(recipe_path(args.config) if args.config else None, overrides)
+    if args.print_config:
+        print(config_yaml(cfg), end="")
+        return 0
     train(cfg, args.out, resume=resume)
     return 0
 

@@ -276,8 +276,12 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _from_dict(Config, _merge(asdict(Config()), data))
 
 
+def config_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(asdict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    Path(path).write_text(config_yaml(cfg))
 
 
 def recipe_path(name: str) -> Path:
