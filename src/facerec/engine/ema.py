@@ -47,18 +47,14 @@ class WeightAverage:
                 avg.append(a)
                 lv.append(live[k].detach())
 
-    def _pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        return self._avg_f, self._live_f, self._avg_o, self._live_o
-
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self) -> None:
-        avg_f, live_f, avg_o, live_o = self._pairs()
-        if avg_f:
-            torch._foreach_lerp_(avg_f, live_f, 1.0 - self.current_decay())
-        for a, v in zip(avg_o, live_o, strict=True):
+        if self._avg_f:
+            torch._foreach_lerp_(self._avg_f, self._live_f, 1.0 - self.current_decay())
+        for a, v in zip(self._avg_o, self._live_o, strict=True):
             a.copy_(v)
         self.updates += 1
 
@@ -79,14 +75,12 @@ class WeightAverage:
     @contextmanager
     def applied(self) -> Iterator[None]:
         """Put the averaged weights into the live modules for the block (validation), then the live ones back."""
-        avg_f, live_f, avg_o, live_o = self._pairs()
-        kept = [v.clone() for v in live_f + live_o]
+        live, avg = self._live_f + self._live_o, self._avg_f + self._avg_o
+        kept = [v.clone() for v in live]
         with torch.no_grad():
-            for a, v in zip(avg_f + avg_o, live_f + live_o, strict=True):
-                v.copy_(a)
+            torch._foreach_copy_(live, avg)
         try:
             yield
         finally:
             with torch.no_grad():
-                for k, v in zip(kept, live_f + live_o, strict=True):
-                    v.copy_(k)
+                torch._foreach_copy_(live, kept)

@@ -280,8 +280,8 @@ def recover_from_faults(
     """The `rollbacks`-th reaction to an epoch of repeated non-finite steps: reload model, loss and optimiser state
     from `checkpoint` (the last good epoch; skipped if it does not exist yet) and scale every group's learning rate
     by `policy.lr_factor`. The scale lives in the optimiser's param groups, so later checkpoints keep it. With a
-weight average (`ema`), the optimiser's weights are the checkpoint's "train_model" / "train_loss" and the average
-comes back too."""
+    weight average (`ema`), the optimiser's weights are the checkpoint's "train_model" / "train_loss", and the
+    average comes back too."""
     if rollbacks > policy.max_rollbacks:
         lr_scale = optimizer.param_groups[0].get("lr_scale", 1.0)
         raise TrainingDiverged(
