@@ -11,20 +11,12 @@ import torch
 from torch import nn
 
 from facerec.cli import main
+from test_cli import TINY as CLI_TINY
 from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.ema import WeightAverage
 from facerec.engine.progress import read_metrics
 
-TINY = [
-    "model.backbone=tiny_cnn",
-    "model.embedding_dim=32",
-    "data.image_size=16",
-    "data.batch_size=16",
-    "optim.lr=0.05",
-    "train.log_every=2",
-    "optim.warmup_epochs=0",
-    "train.threads=1",
-]
+TINY = [*CLI_TINY, "train.threads=1"]
 
 
 @pytest.fixture(autouse=True)
