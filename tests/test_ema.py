@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from facerec.cli import main
-from test_cli import TINY as CLI_TINY
 from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.ema import WeightAverage
 from facerec.engine.progress import read_metrics
+from test_cli import TINY as CLI_TINY
 
 TINY = [*CLI_TINY, "train.threads=1"]
 

@@ -180,3 +180,29 @@ def test_resume_keeps_the_same_held_out_split(tmp_path: Path, cache):
     assert load_checkpoint(run / "last.pt")["classes"] == first_classes
     epochs = [r for r in read_metrics(run) if r.get("event") == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2] and all("val_auc" in r for r in epochs)
+
+
+def test_a_run_from_a_pack_holds_out_and_evaluates_like_one_from_folders(tmp_path: Path, cache, capsys):
+    """Held-out pair files name the pack's source images (relative to that folder, whatever the working folder),
+    and `evaluate --data` on the pack or on its source folder rebuilds the held-out split."""
+    people = make_identity_folder(tmp_path / "people", [f"p{i}" for i in range(8)], 6)
+    pack = tmp_path / "pack"
+    assert main(["pack", str(people), str(pack), "--image-size", "16"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(pack), "--out", str(run), "train.epochs=1", "data.holdout=0.25",
+                 "data.holdout_pairs=20", "data.val_per_class=1", *TINY]) == 0
+    pairs = read_pairs(run / "holdout_pairs.txt")
+    assert all((people / name).is_file() for name in pairs.a + pairs.b)
+    recorded = load_checkpoint(run / "best.pt")["metrics"]
+    for data in (pack, people):
+        capsys.readouterr()
+        assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(data), "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["n_images"] == 6 and result["n_pairs"] == 20
+        assert np.isclose(result["auc"], recorded["val_auc"], atol=1e-6)
+        assert np.isclose(result["accuracy"], recorded["val_acc"], atol=1e-6)
+    plain = tmp_path / "plain"  # a model that held nothing out: a pack has nothing to evaluate on
+    assert main(["train", "--data", str(pack), "--out", str(plain), "train.epochs=1", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(plain / "best.pt"), "--data", str(pack)]) == 1
+    assert "is a pack: training images only" in capsys.readouterr().err

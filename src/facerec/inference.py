@@ -12,8 +12,10 @@ from facerec.data.folder import DataError
 from facerec.data.holdout import split_validation
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.memory import load_flat_images, load_identity_folders
+from facerec.data.pack import image_root, is_pack, read_meta
 from facerec.data.pairset import PairSet, load_pairset
 from facerec.engine.evaluate import class_scores, evaluate_closed_set, evaluate_pairs, score_pairs
+from facerec.pipeline import load_train_images, train_image_root
 from facerec.submission import classification_test_ids, write_classification_csv, write_verification_csv
 
 
@@ -38,11 +40,13 @@ def evaluate_held_out(
     fm: FaceModel, root: str | Path, scoring: str | None = None, flip: bool = True, log=print
 ) -> dict[str, Any]:
     """What a run with `data.holdout` / `data.val_per_class` validated on, rebuilt from its config and its
-    training folder `root`: accuracy on the val images, verification metrics on the held-out people's pairs."""
-    d, seed = fm.config.data, fm.config.train.seed
-    images = load_identity_folders(root, fm.image_size, None, d.num_workers, d.cache, log, d.max_per_class,
-                                   d.max_classes)
-    train, val, pairs = split_validation(images, d.holdout, d.holdout_pairs, d.val_per_class, seed, root)
+    training data (`root`: the identity folders, or the pack, it trained on): accuracy on the val images,
+    verification metrics on the held-out people's pairs."""
+    cfg = fm.config
+    d, seed = cfg.data, cfg.train.seed
+    images = load_train_images(cfg, Path(root), log)
+    train, val, pairs = split_validation(images, d.holdout, d.holdout_pairs, d.val_per_class, seed,
+                                         train_image_root(cfg, Path(root)))
     if train.classes != fm.classes:
         raise DataError(
             f"{root} no longer holds the identities this model trained on ({len(train.classes)} after the "
@@ -81,12 +85,20 @@ def evaluate_pair_file(
 def evaluate_dataset(
     fm: FaceModel, data: str | Path, scoring: str | None = None, flip: bool = True, log=print
 ) -> dict[str, Any]:
-    """Everything labelled that a dataset folder holds: the val split (accuracy) and val pairs (AUC, ...)."""
+    """Everything labelled that a dataset folder holds: the val split (accuracy) and val pairs (AUC, ...). On the
+    model's own training folder (or pack), what its run held out of it, when it held something out."""
+    held_out = fm.config.data.holdout or fm.config.data.val_per_class
+    if is_pack(data):
+        if _trained_on(fm, Path(data)) and held_out:
+            return evaluate_held_out(fm, data, scoring, flip, log)
+        raise DataError(f"{data} is a pack: training images only, without a val split or pair file. Evaluate on "
+                        f"the dataset it was made from ({read_meta(data).get('source', 'its source folder')}), or "
+                        "give --pairs FILE --root DIR")
     layout = detect_layout(data)
     out: dict[str, Any] = {}
     split = layout.val if layout.kind != "folder" else layout.train
-    if layout.kind == "folder" and _is_training_folder(fm, layout.train):
-        if fm.config.data.holdout or fm.config.data.val_per_class:
+    if layout.kind == "folder" and _trained_on(fm, layout.train):
+        if held_out:
             return evaluate_held_out(fm, layout.train, scoring, flip, log)
         log(f"warning: {layout.train} is the folder this model trained on, so its accuracy is on training images. "
             "Train with data.holdout=0.1 and/or data.val_per_class=2 to keep validation out of it")
@@ -99,10 +111,14 @@ def evaluate_dataset(
     return out
 
 
-def _is_training_folder(fm: FaceModel, folder: Path) -> bool:
-    """Whether `folder` is the model's training data (its config's data.root, read from the current folder)."""
+def _trained_on(fm: FaceModel, folder: Path) -> bool:
+    """Whether `folder` is the model's training data: its config's data.root (read from the current folder) or,
+    when that is a pack still on disk, the folder the pack was made from."""
     root = fm.config.data.root
-    return bool(root) and Path(root).resolve() == Path(folder).resolve()
+    if not root:
+        return False
+    here = Path(folder).resolve()
+    return Path(root).resolve() == here or (is_pack(root) and image_root(root).resolve() == here)
 
 
 def write_submissions(

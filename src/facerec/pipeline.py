@@ -18,7 +18,7 @@ from facerec.data.folder import DataError
 from facerec.data.holdout import split_validation, write_pair_file
 from facerec.data.hw2p2 import Hw2p2Layout, detect_layout
 from facerec.data.memory import ImageSet, load_identity_folders
-from facerec.data.pack import is_pack, open_pack, read_meta, subset
+from facerec.data.pack import image_root, is_pack, open_pack, read_meta, subset
 from facerec.data.pairset import PairSet, load_pairset
 from facerec.data.sampler import PKBatchSampler, RandomBatchSampler
 from facerec.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
@@ -131,18 +131,14 @@ def load_data(cfg: Config, log: Log = print) -> tuple[Hw2p2Layout, ImageSet, Ima
     elif pairs_file is not None:
         pairs = load_pairset(pairs_file, layout.root, layout.verification, d.image_size, d.num_workers)
         log(f"val pairs: {len(pairs)} from {pairs_file} ({pairs.images.shape[0]} images)")
-    if packed:
-        train = subset(open_pack(d.root, d.image_size, log), d.max_per_class, d.max_classes)
-    else:
-        train = load_identity_folders(layout.train, d.image_size, None, d.num_workers, d.cache, log,
-                                      d.max_per_class, d.max_classes)
+    train = load_train_images(cfg, layout.train, log)
     log(f"train: {len(train)} images of {len(train.classes)} identities")
     val_dir = Path(d.val) if d.val else layout.val
     val = None
     if d.holdout or d.val_per_class:
         n_classes, n_images = len(train.classes), len(train)
         train, val, held_pairs = split_validation(train, d.holdout, d.holdout_pairs, d.val_per_class,
-                                                  cfg.train.seed, layout.train)
+                                                  cfg.train.seed, train_image_root(cfg, layout.train))
         if held_pairs is not None:
             pairs = held_pairs
             n_same = int(pairs.labels.sum()) if pairs.labels is not None else 0
@@ -162,6 +158,22 @@ def load_data(cfg: Config, log: Log = print) -> tuple[Hw2p2Layout, ImageSet, Ima
         log("no validation data: best.pt follows the last epoch. Hold some out with data.holdout=0.1 "
             "(identities, for val AUC) and/or data.val_per_class=2 (images, for val accuracy)")
     return layout, train, val, pairs
+
+
+def load_train_images(cfg: Config, train_dir: Path, log: Log = print) -> ImageSet:
+    """The training images as training reads them: the pack at data.root, or the identity folders of `train_dir`
+    (the training split of data.root's layout), limited by data.max_per_class / data.max_classes."""
+    d = cfg.data
+    if is_pack(d.root):
+        return subset(open_pack(d.root, d.image_size, log), d.max_per_class, d.max_classes)
+    return load_identity_folders(train_dir, d.image_size, None, d.num_workers, d.cache, log, d.max_per_class,
+                                 d.max_classes)
+
+
+def train_image_root(cfg: Config, train_dir: Path) -> Path:
+    """The folder the training images' files live in (a pack's source split), which held-out pair files are
+    written relative to."""
+    return image_root(cfg.data.root) if is_pack(cfg.data.root) else train_dir
 
 
 def _pack_layout(root: str, pairs: str, log: Log) -> Hw2p2Layout:
@@ -319,7 +331,7 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
     if ctx.is_main:
         save_config(cfg, run_dir / "config.yaml")
         if cfg.data.holdout and pairs is not None:
-            _save_holdout_pairs(pairs, run_dir, layout.train, log)
+            _save_holdout_pairs(pairs, run_dir, train_image_root(cfg, layout.train), log)
         (run_dir / "model_summary.txt").write_text(f"{model}\n\nparameters: {count_parameters(model):,}\n")
     if metrics is not None and resume_state is None:
         metrics.write("start", device=str(device), num_params=count_parameters(model),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,13 @@ def open_pack(folder: str | Path, image_size: int, log: Log = print) -> ImageSet
         raise DataError(f"pack {folder} is inconsistent: {images.images.shape[0]} images but "
                         f"{images.labels.shape[0]} labels; re-create it with `facerec pack`")
     log(f"using pack {folder}: {len(images)} images of {len(images.classes)} identities (memory-mapped)")
-    return images
+    return replace(images, paths=[str(image_root(folder) / p) for p in images.paths])
+
+
+def image_root(folder: str | Path) -> Path:
+    """The folder a pack's image paths are relative to: the training split it was decoded from (meta "split"),
+    else the pack folder itself."""
+    return Path(read_meta(folder).get("split") or folder)
 
 
 def subset(images: ImageSet, max_per_class: int = 0, max_classes: int = 0) -> ImageSet:
