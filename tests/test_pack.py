@@ -33,7 +33,7 @@ def test_pack_keeps_order_labels_and_reports_bad_images(tmp_path: Path):
     packed = open_pack(tmp_path / "pack", 16, log=lambda m: None)
     assert packed.classes == ["10", "9", "a", "b"]  # sorted names, as the folder loader orders them
     assert packed.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
-    assert packed.paths[6:8] == ["a/0000.jpg", "a/0002.jpg"]
+    assert packed.paths[6:8] == [str(root / "a" / "0000.jpg"), str(root / "a" / "0002.jpg")]  # source files
     assert packed.images.dtype == torch.uint8 and tuple(packed.images.shape) == (11, 16, 16, 3)
     assert isinstance(np.load(tmp_path / "pack" / "images.npy", mmap_mode="r"), np.memmap)
 
