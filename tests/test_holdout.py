@@ -155,6 +155,10 @@ def test_training_a_plain_folder_with_holdout_reports_val_auc_and_accuracy(tmp_p
     report = (run / "report" / "report.md").read_text()
     assert "0.25 of the identities held out" in report
     assert "60 validation pairs (30 same, of identities held out of training)" in report
+    make_identity_folder(people, ["person_99"], 8)  # the folder changed since: the split cannot be rebuilt
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(people)]) == 1
+    assert "no longer holds the identities this model trained on" in capsys.readouterr().err
 
 
 def test_a_folder_without_validation_data_gets_a_hint(tmp_path: Path, cache, capsys):
