@@ -24,6 +24,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
 
 
+def _add_lr_find(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lr-find", help="learning-rate range test: suggest optim.lr for a config and dataset",
+                       description="Train a fresh model of the config for --steps steps while the learning rate "
+                                   "grows from --start to --end; write OUT/lr_find.csv and OUT/lr_find.png and "
+                                   "print the suggested optim.lr.")
+    p.add_argument("--data", help="dataset folder or pack (sets data.root)")
+    p.add_argument("--out", required=True, help="folder for lr_find.csv and lr_find.png")
+    p.add_argument("--config", help="YAML recipe file, or the name of a shipped recipe")
+    p.add_argument("--start", type=float, default=1e-5, help="first learning rate (default 1e-5)")
+    p.add_argument("--end", type=float, default=10.0, help="last learning rate (default 10)")
+    p.add_argument("--steps", type=int, default=100, help="steps, one batch each (default 100)")
+    p.add_argument("--diverge", type=float, default=4.0,
+                   help="stop once the smoothed loss passes this multiple of its minimum (default 4)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.batch_size=128")
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", aliases=["eval"], help="accuracy and verification metrics of a checkpoint")
     p.add_argument("--checkpoint", required=True)
@@ -76,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"facerec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_lr_find(sub)
     _add_eval(sub)
     _add_predict(sub)
     _add_pack(sub)
@@ -112,6 +129,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(config_yaml(cfg), end="")
         return 0
     train(cfg, args.out, resume=resume)
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from facerec.config import load_config, recipe_path
+    from facerec.lr_find import find_lr, write_outputs
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.insert(0, f"data.root={args.data}")
+    cfg = load_config(recipe_path(args.config) if args.config else None, overrides)
+    result = find_lr(cfg, args.start, args.end, args.steps, args.diverge)
+    files = write_outputs(result, args.out)
+    print(f"wrote {files[0]} and {files[1]}")
+    if result.suggestion is None:
+        print("no suggestion: the loss did not fall over the range; try a wider range (--start, --end) or more "
+              "--steps")
+        return 0
+    low = f"; the smoothed loss was lowest at {result.min_loss_lr:.3g}" if result.min_loss_lr else ""
+    print(f"suggested optim.lr={result.suggestion:.3g} (steepest descent of the smoothed loss{low})")
     return 0
 
 
@@ -198,8 +235,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "eval": cmd_evaluate, "predict": cmd_predict,
-            "pack": cmd_pack, "report": cmd_report, "verify": cmd_verify, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate, "eval": cmd_evaluate,
+            "predict": cmd_predict, "pack": cmd_pack, "report": cmd_report, "verify": cmd_verify, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,3 +94,15 @@ def plot_score_hist(
     ax.set(xlabel=f"{scoring} score{unit}", ylabel="density", title="Validation pair scores")
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
+
+
+def plot_lr_find(lrs: list[float], smoothed: list[float], suggestion: float | None, path: Path) -> None:
+    """The range test's smoothed loss against the learning rate (log axis), the suggested rate marked."""
+    fig, (ax,) = _figure(1, 5.0)
+    ax.plot(lrs, smoothed, "-", label="smoothed training loss")
+    if suggestion is not None:
+        ax.axvline(suggestion, linestyle="--", color="tab:red", label=f"suggested lr {suggestion:.3g}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="Learning-rate range test")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
