@@ -147,7 +147,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
         print("no suggestion: the loss did not fall over the range; try a wider range (--start, --end) or more "
               "--steps")
         return 0
-    low = f"; the smoothed loss was lowest at {result.min_loss_lr:.3g}" if result.min_loss_lr else ""
+    low = (f"; the loss was lowest at {result.min_loss_lr:.3g}, an upper bound for a warm-up + cosine run"
+           if result.min_loss_lr else "")
     print(f"suggested optim.lr={result.suggestion:.3g} (steepest descent of the smoothed loss{low})")
     return 0
 
