@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from facerec.cli import main
-from facerec.lr_find import GeometricSweep, smooth, suggest
+from facerec.lr_find import GeometricSweep, lowest_loss, smooth, steepest_descent
 from test_cli import TINY
 
 
@@ -36,13 +36,16 @@ def test_smoothing_is_the_bias_corrected_average_and_skips_non_finite_losses():
     np.testing.assert_allclose(smooth(losses, beta), [4.0, 2.0 / 0.75, 2.0 / 0.75, 1.5 / 0.875])
 
 
-def test_suggestion_is_the_steepest_descent_before_the_minimum():
+def test_the_lowest_loss_and_the_steepest_descent_of_a_known_curve():
     lrs = list(np.geomspace(1e-5, 10, 121))
     x = np.log10(lrs)
     # falls fastest at lr 1e-2 (the tanh's centre), bottoms out at 1, then shoots up
     loss = list(2 - np.tanh(2 * (x + 2)) + np.where(x > 0, 5 * x**2, 0))
-    assert suggest(lrs, loss) == pytest.approx(1e-2, rel=0.07)  # within one grid step (1.06x apart)
-    assert suggest(lrs, list(np.linspace(1, 3, 121))) is None  # a loss that only rises gives no suggestion
+    assert steepest_descent(lrs, loss) == pytest.approx(1e-2, rel=0.07)  # within one grid step (1.06x apart)
+    assert lowest_loss(lrs, loss) == pytest.approx(1.0, rel=0.07)
+    rising, falling = list(np.linspace(1, 3, 121)), list(np.linspace(3, 1, 121))
+    assert steepest_descent(lrs, rising) is None and lowest_loss(lrs, rising) is None  # never fell
+    assert lowest_loss(lrs, falling) is None  # still falling at the end of the range: no minimum seen
 
 
 def test_cli_writes_the_curve_and_suggests_a_rate(hw2p2_dir: Path, tmp_path: Path, monkeypatch, capsys):
@@ -61,7 +64,8 @@ def test_cli_writes_the_curve_and_suggests_a_rate(hw2p2_dir: Path, tmp_path: Pat
     assert (out / "lr_find.png").stat().st_size > 1000
     line = next(t for t in printed.splitlines() if t.startswith("suggested optim.lr="))
     value = float(line.split("=")[1].split()[0])
-    assert value == pytest.approx(suggest(lrs, smoothed), rel=1e-2) and 1e-4 <= value <= 1e4
+    assert value == pytest.approx(lowest_loss(lrs, smoothed), rel=1e-2)
+    assert value == pytest.approx(lrs[int(np.argmin(smoothed))], rel=1e-2) and 1e-4 <= value <= 1e4
     assert main(["lr-find", "--data", str(hw2p2_dir), "--out", str(out), "--start", "1", "--end", "0.1",
                  *TINY]) == 1
     assert "0 < start < end" in capsys.readouterr().err

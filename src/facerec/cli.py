@@ -144,12 +144,12 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     files = write_outputs(result, args.out)
     print(f"wrote {files[0]} and {files[1]}")
     if result.suggestion is None:
-        print("no suggestion: the loss did not fall over the range; try a wider range (--start, --end) or more "
-              "--steps")
+        print("no suggestion: the loss never fell, or still fell at the end of the range; widen the range "
+              "(--start, --end) or take more --steps")
         return 0
-    low = (f"; the loss was lowest at {result.min_loss_lr:.3g}, an upper bound for a warm-up + cosine run"
-           if result.min_loss_lr else "")
-    print(f"suggested optim.lr={result.suggestion:.3g} (steepest descent of the smoothed loss{low})")
+    cautious = f"; steepest descent at {result.steepest:.3g}, a cautious choice" if result.steepest else ""
+    print(f"suggested optim.lr={result.suggestion:.3g} (where the smoothed loss was lowest: the peak rate of a "
+          f"warm-up + cosine schedule{cautious})")
     return 0
 
 

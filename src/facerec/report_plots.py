@@ -96,12 +96,16 @@ def plot_score_hist(
     fig.savefig(path, dpi=110)
 
 
-def plot_lr_find(lrs: list[float], smoothed: list[float], suggestion: float | None, path: Path) -> None:
-    """The range test's smoothed loss against the learning rate (log axis), the suggested rate marked."""
+def plot_lr_find(lrs: list[float], smoothed: list[float], suggestion: float | None, steepest: float | None,
+                 path: Path) -> None:
+    """The range test's smoothed loss against the learning rate (log axis), the suggested (lowest-loss) and the
+    steepest-descent rates marked."""
     fig, (ax,) = _figure(1, 5.0)
     ax.plot(lrs, smoothed, "-", label="smoothed training loss")
     if suggestion is not None:
-        ax.axvline(suggestion, linestyle="--", color="tab:red", label=f"suggested lr {suggestion:.3g}")
+        ax.axvline(suggestion, linestyle="--", color="tab:red", label=f"suggested {suggestion:.3g} (lowest loss)")
+    if steepest is not None:
+        ax.axvline(steepest, linestyle=":", color="tab:grey", label=f"steepest descent {steepest:.3g} (cautious)")
     ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="Learning-rate range test")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
