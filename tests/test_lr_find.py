@@ -69,3 +69,15 @@ def test_cli_writes_the_curve_and_suggests_a_rate(hw2p2_dir: Path, tmp_path: Pat
     assert main(["lr-find", "--data", str(hw2p2_dir), "--out", str(out), "--start", "1", "--end", "0.1",
                  *TINY]) == 1
     assert "0 < start < end" in capsys.readouterr().err
+
+
+def test_python_api_runs_the_same_test(hw2p2_dir: Path, tmp_path: Path, monkeypatch):
+    import facerec
+
+    monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
+    overrides = {k: v for k, v in (t.split("=", 1) for t in TINY)}
+    result = facerec.find_lr(hw2p2_dir, overrides={**overrides, "train.threads": 1}, start=1e-4, end=1e4,
+                             steps=40, out=tmp_path / "lr")
+    assert result.stopped_at is not None and len(result.lrs) == len(result.losses) < 40
+    assert result.suggestion == lowest_loss(result.lrs, result.smoothed)
+    assert (tmp_path / "lr" / "lr_find.csv").read_text().count("\n") == len(result.lrs) + 1

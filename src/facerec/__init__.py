@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from facerec.api import FaceModel
+    from facerec.lr_find import LRFindResult
 
 
 def load(checkpoint: str | Path, device: str = "cpu") -> FaceModel:
@@ -45,18 +46,47 @@ def train(
     from facerec.pipeline import resume_config
     from facerec.pipeline import train as run_training
 
-    if isinstance(overrides, Mapping):  # JSON values are YAML flow values: numbers, true/false, null, [...], {...}
-        items = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
-    else:
-        items = list(overrides)
-    if data is not None:
-        items.insert(0, f"data.root={data}")
+    items = _override_items(data, overrides)
     if resume:
         cfg = resume_config(out, True, items)
     else:
         cfg = load_config(recipe_path(str(config)) if config else None, items)
     run_training(cfg, out, resume=resume)
     return Path(out) / "best.pt"
+
+
+def find_lr(
+    data: str | Path,
+    config: str | Path | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] = (),
+    start: float = 1e-5,
+    end: float = 10.0,
+    steps: int = 100,
+    out: str | Path | None = None,
+) -> LRFindResult:
+    """The learning-rate range test of `facerec lr-find` for a config on `data`; `.suggestion` is the rate to give
+    `optim.lr` (None when the loss never fell), `.lrs` / `.smoothed` the curve. With `out`, also writes
+    `lr_find.csv` and `lr_find.png` there."""
+    from facerec.config import load_config, recipe_path
+    from facerec.lr_find import find_lr as range_test
+    from facerec.lr_find import write_outputs
+
+    cfg = load_config(recipe_path(str(config)) if config else None, _override_items(data, overrides))
+    result = range_test(cfg, start, end, steps)
+    if out is not None:
+        write_outputs(result, out)
+    return result
+
+
+def _override_items(data: str | Path | None, overrides: Mapping[str, Any] | Sequence[str]) -> list[str]:
+    """`key=value` strings; JSON values are YAML flow values: numbers, true/false, null, [...], {...}."""
+    if isinstance(overrides, Mapping):
+        items = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+    else:
+        items = list(overrides)
+    if data is not None:
+        items.insert(0, f"data.root={data}")
+    return items
 
 
 def __getattr__(name: str) -> Any:
