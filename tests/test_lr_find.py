@@ -69,6 +69,8 @@ def test_cli_writes_the_curve_and_suggests_a_rate(hw2p2_dir: Path, tmp_path: Pat
     assert main(["lr-find", "--data", str(hw2p2_dir), "--out", str(out), "--start", "1", "--end", "0.1",
                  *TINY]) == 1
     assert "0 < start < end" in capsys.readouterr().err
+    assert main(["lr-find", "--out", str(out), *TINY]) == 1  # no dataset
+    assert "no dataset given: pass --data DIR" in capsys.readouterr().err
 
 
 def test_python_api_runs_the_same_test(hw2p2_dir: Path, tmp_path: Path, monkeypatch):

@@ -22,6 +22,7 @@ import torch
 
 from facerec.config import Config
 from facerec.data.augment import get_preset
+from facerec.data.folder import DataError
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.pack import is_pack
 from facerec.engine.fit import epoch_batches
@@ -105,6 +106,8 @@ def find_lr(cfg: Config, start: float = 1e-5, end: float = 10.0, steps: int = 10
     their relative rates (`optim.loss_lr`), as in training."""
     sweep = GeometricSweep(start, end, steps)
     t, o, d = cfg.train, cfg.optim, cfg.data
+    if not d.root:
+        raise DataError("no dataset given: pass --data DIR (an HW2P2 folder, identity folders or a pack)")
     if t.threads:
         torch.set_num_threads(t.threads)
     device = resolve_device(t.device)
