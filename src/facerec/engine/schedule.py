@@ -8,9 +8,15 @@ epochs without improvement of the tracked metric) or constant.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 SCHEDULES = ("cosine", "step", "plateau", "constant")
+
+
+class StepLR(Protocol):
+    """What the training step reads: the learning rate of a global step (LRSchedule, lr_find.GeometricSweep)."""
+
+    def lr_at(self, step: int) -> float: ...
 
 
 class LRSchedule:

@@ -32,7 +32,7 @@ from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.ema import WeightAverage
 from facerec.engine.loss_scale import LossScale
 from facerec.engine.progress import Progress
-from facerec.engine.schedule import LRSchedule
+from facerec.engine.schedule import StepLR
 from facerec.losses.base import EmbeddingLoss
 
 
@@ -153,7 +153,7 @@ def train_one_epoch(
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     steps: int,
     optimizer: torch.optim.Optimizer,
-    schedule: LRSchedule,
+    schedule: StepLR,
     global_step: int,
     aug: AugmentSpec,
     generator: torch.Generator,
