@@ -56,23 +56,24 @@ def train(
 
 
 def find_lr(
-    data: str | Path,
+    data: str | Path | None,
     config: str | Path | None = None,
     overrides: Mapping[str, Any] | Sequence[str] = (),
     start: float = 1e-5,
     end: float = 10.0,
     steps: int = 100,
+    diverge: float = 4.0,
     out: str | Path | None = None,
 ) -> LRFindResult:
     """The learning-rate range test of `facerec lr-find` for a config on `data`; `.suggestion` is the rate to give
-    `optim.lr` (None when the loss never fell), `.lrs` / `.smoothed` the curve. With `out`, also writes
-    `lr_find.csv` and `lr_find.png` there."""
+    `optim.lr` (None when the loss never fell), `.lrs` / `.smoothed` the curve; the sweep stops once the smoothed
+    loss passes `diverge` x its minimum. With `out`, also writes `lr_find.csv` and `lr_find.png` there."""
     from facerec.config import load_config, recipe_path
     from facerec.lr_find import find_lr as range_test
     from facerec.lr_find import write_outputs
 
     cfg = load_config(recipe_path(str(config)) if config else None, _override_items(data, overrides))
-    result = range_test(cfg, start, end, steps)
+    result = range_test(cfg, start, end, steps, diverge)
     if out is not None:
         write_outputs(result, out)
     return result

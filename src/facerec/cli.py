@@ -133,16 +133,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from facerec.config import load_config, recipe_path
-    from facerec.lr_find import find_lr, write_outputs
+    from facerec import find_lr
 
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.insert(0, f"data.root={args.data}")
-    cfg = load_config(recipe_path(args.config) if args.config else None, overrides)
-    result = find_lr(cfg, args.start, args.end, args.steps, args.diverge)
-    files = write_outputs(result, args.out)
-    print(f"wrote {files[0]} and {files[1]}")
+    result = find_lr(args.data, args.config, args.overrides, args.start, args.end, args.steps, args.diverge,
+                     out=args.out)
+    print(f"wrote {Path(args.out) / 'lr_find.csv'} and {Path(args.out) / 'lr_find.png'}")
     if result.suggestion is None:
         print("no suggestion: the loss never fell, or still fell at the end of the range; widen the range "
               "(--start, --end) or take more --steps")
