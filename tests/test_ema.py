@@ -1,5 +1,6 @@
 """The weight average (`train.ema`): its rule against a plain loop, the swap for validation, checkpoints that keep
-both weight sets, evaluation of the average, and --resume with the average."""
+both weight sets, evaluation of the average, and --resume with the average; and early stopping
+(`train.early_stop`), the other option that decides what best.pt holds."""
 
 from __future__ import annotations
 
