@@ -93,13 +93,17 @@ def test_report_verify_and_api_agree(trained: Path, hw2p2_dir: Path, capsys):
     assert len(top) == 3 and top[0][1] >= top[1][1] and top[0][0] in model.classes
 
 
-def test_resume_reproduces_uninterrupted_run(hw2p2_dir: Path, tmp_path: Path, cache):
+def test_resume_reproduces_uninterrupted_run(hw2p2_dir: Path, tmp_path: Path, cache, capsys):
     full, cut = tmp_path / "full", tmp_path / "cut"
     args = ["--data", str(hw2p2_dir), "train.epochs=3", *TINY]
     assert main(["train", "--out", str(full), *args]) == 0
     assert main(["train", "--out", str(cut), *args, "train.time_limit_min=0.000001"]) == 0  # stops after epoch 1
     assert [r["epoch"] for r in read_metrics(cut) if r["event"] == "epoch"] == [1]
-    assert main(["train", "--out", str(cut), "--resume", "train.time_limit_min=0"]) == 0
+    # a recipe other than the run's does not replace its config half-way: a warning, and the run's own config
+    assert main(["train", "--out", str(cut), "--resume", "--config", "cpu", "train.time_limit_min=0"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --config cpu sets model.backbone, model.neck, model.embedding_dim, loss.name, loss.params, " \
+        "optim.lr, optim.warmup_epochs, train.epochs other than the run being resumed" in err
     a = [r for r in read_metrics(full) if r["event"] == "epoch"]
     b = [r for r in read_metrics(cut) if r["event"] == "epoch"]
     assert [r["epoch"] for r in b] == [1, 2, 3]
@@ -209,3 +213,16 @@ def test_print_config_shows_the_resolved_config_without_training(tmp_path: Path,
     assert main(["train", "--config", "cpu"]) == 2  # training needs a run folder
     assert "give --out RUN_DIR" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_resume_with_the_same_recipe_repeated_is_quiet(hw2p2_dir: Path, tmp_path: Path, cache, capsys):
+    """Re-running the original command with --resume added (recipe included) continues without a warning."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("model: {backbone: tiny_cnn, embedding_dim: 32}\ndata: {image_size: 16, batch_size: 16}\n")
+    run = tmp_path / "run"
+    command = ["train", "--data", str(hw2p2_dir), "--out", str(run), "--config", str(recipe), "train.epochs=2"]
+    assert main([*command, "train.time_limit_min=0.000001"]) == 0  # stops after epoch 1
+    capsys.readouterr()
+    assert main([*command, "--resume"]) == 0
+    assert "warning: --config" not in capsys.readouterr().err
+    assert [r["epoch"] for r in read_metrics(run) if r["event"] == "epoch"] == [1, 2]

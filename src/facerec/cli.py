@@ -111,7 +111,7 @@ def _device(name: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from facerec.config import config_yaml, load_config, recipe_path
+    from facerec.config import config_yaml, load_config, recipe_conflicts, recipe_path
     from facerec.pipeline import resume_config, train
 
     overrides = list(args.overrides)
@@ -121,8 +121,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.out and (resume is True or not args.print_config):
         print("facerec train: give --out RUN_DIR (the run folder)", file=sys.stderr)
         return EXIT_USAGE
-    if resume:
+    if resume:  # the run's own config, overrides on top; a repeated --config must not change it silently
         cfg = resume_config(args.out or "", resume, overrides)
+        conflicts = recipe_conflicts(recipe_path(args.config), cfg) if args.config else []
+        if conflicts:
+            print(f"warning: --config {args.config} sets {', '.join(conflicts)} other than the run being resumed; "
+                  "the run continues with its own config (RUN/config.yaml), key=value overrides applied",
+                  file=sys.stderr)
     else:
         cfg = load_config(recipe_path(args.config) if args.config else None, overrides)
     if args.print_config:

@@ -259,6 +259,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return _from_dict(Config, tree)
 
 
+def recipe_conflicts(path: str | Path, cfg: Config) -> list[str]:
+    """The `section.key`s that the YAML file at `path` sets to other values than `cfg` holds. Values are compared
+    after the file is resolved against the defaults (so `lr: 1e-1` equals 0.1); dicts and lists compare whole."""
+    resolved, have = asdict(load_config(path)), asdict(cfg)
+    loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return [f"{section}.{key}" for section, values in loaded.items() for key in (values or {})
+            if resolved[section][key] != have[section][key]]
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """A copy of `cfg` with `key=value` overrides applied (validated like load_config's)."""
     tree = asdict(cfg)
