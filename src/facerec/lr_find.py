@@ -63,15 +63,23 @@ class GeometricSweep:
         return self.start * (self.end / self.start) ** (min(step, self.steps - 1) / (self.steps - 1))
 
 
+class Smoother:
+    """Bias-corrected exponential moving average, one loss at a time; a non-finite loss leaves it where it was."""
+
+    def __init__(self, beta: float = 0.9) -> None:
+        self.beta, self.avg, self.n = beta, 0.0, 0
+
+    def add(self, loss: float) -> float:
+        if math.isfinite(loss):
+            self.n += 1
+            self.avg = self.beta * self.avg + (1 - self.beta) * loss
+        return self.avg / (1 - self.beta**self.n) if self.n else float("nan")
+
+
 def smooth(losses: list[float], beta: float = 0.9) -> list[float]:
-    """Bias-corrected exponential moving average; a non-finite loss leaves the average where it was."""
-    out, avg, n = [], 0.0, 0
-    for v in losses:
-        if math.isfinite(v):
-            n += 1
-            avg = beta * avg + (1 - beta) * v
-        out.append(avg / (1 - beta**n) if n else float("nan"))
-    return out
+    """The `Smoother`'s value after each loss."""
+    smoother = Smoother(beta)
+    return [smoother.add(v) for v in losses]
 
 
 def lowest_loss(lrs: list[float], smoothed: list[float], skip_start: int = 3) -> float | None:
@@ -132,6 +140,8 @@ def find_lr(cfg: Config, start: float = 1e-5, end: float = 10.0, steps: int = 10
     stream = batches()
     lrs: list[float] = []
     losses: list[float] = []
+    smoothed: list[float] = []
+    smoother = Smoother()
     best, stopped_at = math.inf, None
     loss_fn.on_epoch_start(0)  # e.g. a margin warm-up starts where training starts
     log(f"learning-rate range test: {steps} steps, lr {start:g} to {end:g}, on {len(images)} images")
@@ -139,7 +149,8 @@ def find_lr(cfg: Config, start: float = 1e-5, end: float = 10.0, steps: int = 10
         result = train_one_epoch(model, loss_fn, iter([next(stream)]), 1, optimizer, sweep, i, aug, gen, opts)
         lrs.append(sweep.lr_at(i))
         losses.append(float(result["train_loss"]) if result["steps"] else float("nan"))
-        current = smooth(losses)[-1]
+        current = smoother.add(losses[-1])
+        smoothed.append(current)
         best = min(best, current)
         if not math.isfinite(losses[-1]) or current > diverge * best:
             stopped_at = lrs[-1]
@@ -148,7 +159,6 @@ def find_lr(cfg: Config, start: float = 1e-5, end: float = 10.0, steps: int = 10
             break
         if (i + 1) % 20 == 0:
             log(f"step {i + 1}/{steps}  lr {lrs[-1]:.3g}  loss {current:.4f}")
-    smoothed = smooth(losses)
     return LRFindResult(lrs, losses, smoothed, lowest_loss(lrs, smoothed), steepest_descent(lrs, smoothed),
                         stopped_at)
 

@@ -29,7 +29,6 @@ class WeightAverage:
             raise ValueError(f"train.ema={decay}: the EMA decay must lie strictly between 0 and 1 (e.g. 0.998; "
                              "0 turns the average off)")
         self.decay = decay
-        self.modules = modules
         self.updates = 0
         self.shadow: dict[str, dict[str, torch.Tensor]] = {
             name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in modules.items()
