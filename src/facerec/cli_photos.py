@@ -1,4 +1,5 @@
-"""Subcommands for real photos: align, benchmark lfw, enroll / identify / gallery, calibrate (wiring only).
+"""Subcommands for real photos: align, benchmark, enroll / identify / gallery, embed, cluster, calibrate (wiring
+only).
 
 `add_parsers(sub)` registers them on the `facerec` subparsers; `COMMANDS` maps each name to its function.
 """
@@ -80,6 +81,33 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="reindex: exact search or IVF (large galleries)")
     p.add_argument("--nlist", type=int, help="reindex --index ivf: number of lists (default ~4 sqrt(N))")
     p.add_argument("--nprobe", type=int, help="reindex --index ivf: lists searched per query (default 8)")
+
+    p = sub.add_parser("embed", help="embeddings of photos (files or folders) to a .npz or .csv file",
+                       description="Embed every photo of the inputs (image files, and every image below each "
+                                   "folder) with the model; unreadable photos and, with --align, photos without "
+                                   "a face are skipped and listed. The file keeps the model's scoring and "
+                                   "threshold (.npz) for `facerec cluster` or your own tools.")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    p.add_argument("--out", required=True, help="output file: .npz (NumPy) or .csv (path,e0,e1,...)")
+    _model_args(p, required=False)
+    _aligner_args(p)
+
+    p = sub.add_parser("cluster", help="group unlabelled face photos by person (agglomerative clustering)",
+                       description="Cluster the photos of the inputs (files and folders, or one embedding file "
+                                   "made by `facerec embed`) so that each cluster is one person: groups merge "
+                                   "while their linkage similarity is above --threshold (default: the model's "
+                                   "verification threshold). Writes path,cluster,cluster_size rows.")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders, or one .npz/.csv from `facerec embed`")
+    p.add_argument("--out", required=True, help="CSV file: path,cluster,cluster_size (largest cluster first)")
+    p.add_argument("--threshold", type=float, help="merge above this score (default: the model's threshold)")
+    p.add_argument("--linkage", choices=["average", "complete", "single"], default="average",
+                   help="group similarity: mean, lowest or highest over cross pairs (default average)")
+    p.add_argument("--folders", help="also copy the photos into this new folder, one subfolder per cluster")
+    p.add_argument("--evaluate", action="store_true",
+                   help="the photos sit in identity folders: score the clusters against the folder names "
+                        "(pair precision / recall / F1, ARI, NMI), e.g. to choose --threshold")
+    _model_args(p, required=False)
+    _aligner_args(p)
 
     p = sub.add_parser("calibrate", help="set the model's verification threshold for a target false-accept rate")
     p.add_argument("--pairs", required=True, help="labelled pairs: LFW format or `a b label` lines")
@@ -289,6 +317,93 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _any_model(args: argparse.Namespace) -> Any:
+    """A .pt checkpoint or an ONNX export (facerec.load), default models/facehw.pt."""
+    import facerec
+
+    path = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass --checkpoint")
+    return facerec.load(path, device=_device(args))
+
+
+def _embed_inputs(args: argparse.Namespace) -> Any:
+    from facerec.embeddings import embed_files
+
+    fm = _any_model(args)
+    aligner = _aligner(args, fm.image_size) if args.align else None
+    return embed_files(fm, args.inputs, aligner, not args.no_flip, log=_log(args))
+
+
+def _skipped(es: Any, log: Callable[[str], None]) -> None:
+    for title, items in (("unreadable", es.unreadable), ("no face", es.no_face)):
+        for item in items[:20]:
+            log(f"  skipped ({title}): {item}")
+        if len(items) > 20:
+            log(f"  ... and {len(items) - 20} more ({title}); see --json")
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from facerec.embeddings import save_embeddings
+
+    es = _embed_inputs(args)
+    out = save_embeddings(es, args.out)
+    result = {**es.summary(), "out": str(out)}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{len(es)} embeddings ({result['dim']}-d, {es.scoring} scoring) -> {out}; skipped "
+          f"{len(es.unreadable)} unreadable, {len(es.no_face)} without a face")
+    _skipped(es, print)
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from facerec.cluster import (
+        cluster_embeddings,
+        cluster_summary,
+        clustering_scores,
+        copy_into_folders,
+        write_clusters_csv,
+    )
+    from facerec.data.folder import DataError
+    from facerec.embeddings import is_embedding_file, load_embeddings
+
+    log = _log(args)
+    if len(args.inputs) == 1 and is_embedding_file(args.inputs[0]):
+        es = load_embeddings(args.inputs[0])
+        log(f"{len(es)} embeddings read from {args.inputs[0]} ({es.scoring} scoring)")
+    else:
+        es = _embed_inputs(args)
+    threshold = args.threshold if args.threshold is not None else es.threshold
+    if threshold is None:
+        raise DataError("no threshold: this model or embedding file stores none; pass --threshold "
+                        "(or set one with `facerec calibrate`)")
+    labels = cluster_embeddings(es.embeddings, es.scoring, threshold, args.linkage)
+    write_clusters_csv(es.paths, labels, args.out)
+    result: dict[str, Any] = {**cluster_summary(labels), "threshold": float(threshold), "linkage": args.linkage,
+                              "scoring": es.scoring, "out": str(args.out),
+                              "unreadable": es.unreadable, "no_face": es.no_face}
+    if args.folders:
+        result["folders"] = str(copy_into_folders(es.paths, labels, args.folders))
+    if args.evaluate:
+        result.update(clustering_scores(labels, [Path(p).parent.name for p in es.paths]))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['photos']} photos -> {result['clusters_of_2_or_more']} clusters of 2 or more (largest "
+          f"{result['largest']}) and {result['singletons']} single photos; {args.linkage} linkage above "
+          f"{threshold:.4f} ({es.scoring}) -> {args.out}")
+    if args.evaluate:
+        print(f"against the folder names ({result['identities']} identities): pair precision "
+              f"{result['pair_precision']:.4f}, recall {result['pair_recall']:.4f}, F1 {result['pair_f1']:.4f}, "
+              f"ARI {result['ari']:.4f}, NMI {result['nmi']:.4f}")
+    if args.folders:
+        print(f"copies: {result['folders']}/cluster_*/ and singletons/")
+    _skipped(es, print)
+    return 0
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -308,6 +423,6 @@ def _missing_package_is_an_error(command: Command) -> Command:
 COMMANDS: dict[str, Command] = {
     name: _missing_package_is_an_error(fn) for name, fn in {
         "align": cmd_align, "benchmark": cmd_benchmark, "enroll": cmd_enroll, "identify": cmd_identify,
-        "gallery": cmd_gallery, "calibrate": cmd_calibrate,
+        "gallery": cmd_gallery, "calibrate": cmd_calibrate, "embed": cmd_embed, "cluster": cmd_cluster,
     }.items()
 }

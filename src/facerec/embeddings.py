@@ -1,0 +1,195 @@
+"""Embeddings of many photos, to a file and back: `facerec embed PHOTOS... --out FILE`.
+
+Inputs are image files and folders (every image below a folder, any depth, in a stable order). Photos are read in
+chunks, so memory stays bounded for large folders; an unreadable photo (and, with an aligner, a photo without a
+detected face) is skipped and listed, never embedded as something else, so that every row of the file is a face.
+
+Files: `.npz` (NumPy; `embeddings` (N, D) float32, `paths` (N,), and the model's `scoring` and `threshold`, with
+no pickled objects) or `.csv` (a header `path,e0,...,e{D-1}`, a row per photo, for tools outside Python).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from facerec.data.folder import DataError, is_image_name, load_images
+
+FORMATS = (".npz", ".csv")
+
+
+@dataclass
+class EmbeddingSet:
+    """Row i of `embeddings` is the photo `paths[i]`; `scoring` and `threshold` are the model's, so that scores
+    computed from the file match the model's own (`facerec.metrics.verification.pair_scores`)."""
+
+    embeddings: np.ndarray
+    paths: list[str]
+    scoring: str = "cosine"
+    threshold: float | None = None
+    unreadable: list[str] = field(default_factory=list)
+    no_face: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def summary(self) -> dict[str, Any]:
+        return {"embedded": len(self), "dim": int(self.embeddings.shape[1]) if self.embeddings.ndim == 2 else 0,
+                "scoring": self.scoring, "threshold": self.threshold, "unreadable": self.unreadable,
+                "no_face": self.no_face}
+
+
+def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files as given, and every image below each folder (hidden entries skipped), without repeats."""
+    from facerec.align import list_photos
+
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            photos = list_photos(path)
+            if not photos:
+                raise DataError(f"no images under {path}; pass image files or folders that hold images")
+            found += photos
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f"{path} does not exist; pass image files or folders of images")
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def embed_files(fm: Any, inputs: Sequence[str | Path], aligner: Any = None, flip: bool = True,
+                chunk: int = 2048, log: Callable[[str], None] = print) -> EmbeddingSet:
+    """Embed every photo of `inputs` (files and folders) with `fm` (a FaceModel or OnnxFaceModel).
+
+    With `aligner` (facerec.align.FaceAligner) each photo's face is detected and aligned first (the largest face
+    when there are several); photos without a face are skipped and listed in `no_face`. Unreadable photos are
+    skipped and listed in `unreadable`. DataError when no photo could be embedded.
+    """
+    paths = list_inputs(inputs)
+    size = int(fm.image_size)
+    kept: list[str] = []
+    parts: list[torch.Tensor] = []
+    unreadable: list[str] = []
+    no_face: list[str] = []
+    for start in range(0, len(paths), chunk):
+        batch = paths[start : start + chunk]
+        if aligner is None:
+            images, failed = load_images(batch, size)
+            bad = set(failed)
+            unreadable += [str(batch[i]) for i in failed]
+            ok = [str(p) for i, p in enumerate(batch) if i not in bad]
+            u8 = torch.from_numpy(images)
+        else:
+            ok, u8 = _aligned(batch, aligner, size, unreadable, no_face)
+        if ok:
+            parts.append(fm.embed(u8, flip=flip).float())
+            kept += ok
+        log(f"embedded {len(kept)}/{len(paths)} photos")
+    if not kept:
+        raise DataError(f"none of the {len(paths)} photos could be embedded ({len(unreadable)} unreadable, "
+                        f"{len(no_face)} without a detected face)")
+    emb = torch.cat(parts).numpy().astype(np.float32)
+    return EmbeddingSet(emb, kept, fm.scoring, fm.threshold, unreadable, no_face)
+
+
+def _aligned(batch: list[Path], aligner: Any, size: int, unreadable: list[str],
+             no_face: list[str]) -> tuple[list[str], torch.Tensor]:
+    from PIL import Image
+
+    from facerec.align import open_photo, pick_face
+
+    ok, crops = [], []
+    for p in batch:
+        try:
+            photo = open_photo(p)
+        except DataError:
+            unreadable.append(str(p))
+            continue
+        faces = aligner.detect(photo)
+        if not faces:
+            no_face.append(str(p))
+            continue
+        crop = aligner.align_face(photo, pick_face(faces))
+        if crop.size != (size, size):
+            crop = crop.resize((size, size), Image.Resampling.BILINEAR)
+        crops.append(np.asarray(crop.convert("RGB"), dtype=np.uint8))
+        ok.append(str(p))
+    u8 = torch.from_numpy(np.stack(crops)) if crops else torch.zeros(0, size, size, 3, dtype=torch.uint8)
+    return ok, u8
+
+
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"cannot tell the format of {path}: name it .npz (NumPy) or .csv")
+    return suffix
+
+
+def save_embeddings(es: EmbeddingSet, path: str | Path) -> Path:
+    """Write `es` as .npz or .csv (by the file name), atomically; returns the path."""
+    path = Path(path).expanduser()
+    fmt = _format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if fmt == ".npz":
+        with open(tmp, "wb") as f:
+            np.savez(f, embeddings=es.embeddings.astype(np.float32), paths=np.asarray(es.paths, dtype=str),
+                     scoring=np.asarray(es.scoring),
+                     threshold=np.asarray(np.nan if es.threshold is None else es.threshold, dtype=np.float64))
+    else:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path"] + [f"e{j}" for j in range(es.embeddings.shape[1])])
+            for p, row in zip(es.paths, es.embeddings):
+                w.writerow([p] + [repr(float(v)) for v in row])
+    tmp.replace(path)
+    return path
+
+
+def load_embeddings(path: str | Path) -> EmbeddingSet:
+    """Read a file written by `save_embeddings` (or `facerec embed`). A .csv file does not store the scoring:
+    it is read as cosine."""
+    path = Path(path).expanduser()
+    fmt = _format(path)
+    if not path.is_file():
+        raise DataError(f"embedding file {path} does not exist; write one with `facerec embed`")
+    if fmt == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                emb, paths = z["embeddings"].astype(np.float32), [str(p) for p in z["paths"]]
+                scoring = str(z["scoring"]) if "scoring" in z else "cosine"
+                thr = float(z["threshold"]) if "threshold" in z else float("nan")
+        except (KeyError, ValueError, OSError) as err:
+            raise DataError(f"{path} is not an embedding file written by `facerec embed` ({err})") from None
+        return EmbeddingSet(emb, paths, scoring, None if np.isnan(thr) else thr)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or not rows[0] or rows[0][0] != "path":
+        raise DataError(f"{path} is not an embedding CSV: its header must be path,e0,e1,...")
+    try:
+        emb = np.asarray([[float(v) for v in r[1:]] for r in rows[1:]], dtype=np.float32)
+    except ValueError as err:
+        raise DataError(f"{path}: a value is not a number ({err})") from None
+    if emb.ndim != 2 or emb.shape[1] != len(rows[0]) - 1:
+        raise DataError(f"{path}: every row must have a path and {len(rows[0]) - 1} values")
+    return EmbeddingSet(emb, [r[0] for r in rows[1:]])
+
+
+def is_embedding_file(path: str | Path) -> bool:
+    """True for an existing .npz / .csv file: how `facerec cluster` tells an embedding file from photos."""
+    p = Path(path)
+    return p.is_file() and p.suffix.lower() in FORMATS and not is_image_name(p.name)
