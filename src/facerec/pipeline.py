@@ -30,7 +30,7 @@ from facerec.engine.distributed import (
     shutdown,
     wrap_model,
 )
-from facerec.engine.ema import WeightAverage
+from facerec.engine.ema import WeightAverage, optimiser_weights
 from facerec.engine.fit import FitParts, FitState, fit, load_fit_state, prototypes_for
 from facerec.engine.progress import MetricsLog
 from facerec.engine.schedule import LRSchedule
@@ -300,8 +300,9 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
                           o.patience)
     state = FitState()
     if resume_state is not None:  # with a weight average, "model" / "loss" hold the average (engine/ema.py)
-        model.load_state_dict(resume_state.get("train_model", resume_state["model"]))
-        loss_fn.load_state_dict(resume_state.get("train_loss", resume_state["loss"]))
+        model_state, loss_state = optimiser_weights(resume_state)
+        model.load_state_dict(model_state)
+        loss_fn.load_state_dict(loss_state)
         optimizer.load_state_dict(resume_state["optimizer"])
         schedule.load_state_dict(resume_state.get("schedule", {}))
         state = load_fit_state(resume_state["fit_state"])

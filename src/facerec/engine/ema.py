@@ -21,6 +21,12 @@ import torch
 from torch import nn
 
 
+def optimiser_weights(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The (network, loss) state dicts the optimiser trains, from a checkpoint: "train_model" / "train_loss" when
+    the run kept a weight average (then "model" / "loss" hold the average), else "model" / "loss"."""
+    return state.get("train_model", state["model"]), state.get("train_loss", state["loss"])
+
+
 class WeightAverage:
     """The EMA of the state dicts of `modules` (name -> module), updated in place with `update`."""
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from facerec.data.augment import AugmentSpec, augment, to_input
 from facerec.engine.checkpoint import load_checkpoint
-from facerec.engine.ema import WeightAverage
+from facerec.engine.ema import WeightAverage, optimiser_weights
 from facerec.engine.loss_scale import LossScale
 from facerec.engine.progress import Progress
 from facerec.engine.schedule import StepLR
@@ -294,8 +294,9 @@ def recover_from_faults(
     if rolled_back:
         state = load_checkpoint(path, map_location="cpu")
         # torch.compile wraps the module; with an EMA, "model" is the average and "train_model" the live weights
-        getattr(model, "_orig_mod", model).load_state_dict(state.get("train_model", state["model"]))
-        loss_fn.load_state_dict(state.get("train_loss", state["loss"]))
+        model_state, loss_state = optimiser_weights(state)
+        getattr(model, "_orig_mod", model).load_state_dict(model_state)
+        loss_fn.load_state_dict(loss_state)
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and "ema" in state:
             ema.load({"model": state["model"], "loss": state["loss"]}, state["ema"])
