@@ -37,6 +37,12 @@ def _float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def top_k(scores: torch.Tensor, classes: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    """(N, C) class scores -> for each row, the k best (class name, score), best first."""
+    top = scores.topk(min(k, scores.shape[1]), dim=1)
+    return [[(classes[int(i)], float(v)) for v, i in zip(vals, idx)] for vals, idx in zip(*top)]
+
+
 class PairVerifier:
     """`score` and `verify` on top of `embed`: shared by the PyTorch and the ONNX Runtime backends."""
 
@@ -84,9 +90,19 @@ class FaceModel(PairVerifier):
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> FaceModel:
+        """A model file or run checkpoint; an ensemble file (facerec.ensemble) gives an EnsembleFaceModel, which
+        has the same methods."""
+        state = load_checkpoint(path, map_location=device)
+        if "ensemble" in state:
+            from facerec.ensemble import EnsembleFaceModel
+
+            return EnsembleFaceModel.from_state(state, device)  # type: ignore[return-value]
+        return cls.from_state(state, device)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: str = "cpu") -> FaceModel:
         from facerec.pipeline import build_loss_fn, build_model
 
-        state = load_checkpoint(path, map_location=device)
         cfg = config_from_dict(state["config"])
         model = build_model(cfg)
         model.load_state_dict(_float32(state["model"]))
@@ -127,11 +143,14 @@ class FaceModel(PairVerifier):
         """Images (paths, PIL images, HxWx3 arrays, or a uint8 (N,S,S,3) tensor) -> (N, D) embeddings."""
         return embed(self.model, self._as_uint8(images), self.device, flip=flip)
 
+    def class_scores(self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True) -> torch.Tensor:
+        """(N, C) closed-set scores over the training identities (the classifier's logits, or cosine similarity
+        to class prototypes for losses without one); the argmax is the predicted identity."""
+        return class_scores(self.embed(images, flip=flip), self.loss_fn, self.prototypes)
+
     def classify(self, images: Sequence[ImageLike] | torch.Tensor, k: int = 1) -> list[list[tuple[str, float]]]:
         """Top-k (identity folder name, score) for each image, over the training identities."""
-        scores = class_scores(self.embed(images), self.loss_fn, self.prototypes)
-        top = scores.topk(min(k, scores.shape[1]), dim=1)
-        return [[(self.classes[int(i)], float(v)) for v, i in zip(vals, idx)] for vals, idx in zip(*top)]
+        return top_k(self.class_scores(images), self.classes, k)
 
     def info(self) -> dict[str, Any]:
         return {

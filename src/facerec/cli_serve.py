@@ -1,10 +1,12 @@
-"""`facerec export` and `facerec serve`: argument wiring only (cli.py hooks in `add_parsers` and `COMMANDS`)."""
+"""`facerec export`, `facerec ensemble` and `facerec serve`: argument wiring only (cli.py hooks in `add_parsers`
+and `COMMANDS`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from facerec.data.folder import MAX_PIXELS
 
@@ -26,6 +28,19 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-check", action="store_true", help="(.onnx) skip comparing ONNX Runtime with PyTorch")
 
 
+def _add_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ensemble", help="combine several trained models into one model file",
+                       description="Write one model file that embeds with every model given (their cosines "
+                                   "averaged) and classifies by their mean probabilities; use it wherever a "
+                                   "checkpoint goes (evaluate, predict, verify, serve, galleries). With --data, "
+                                   "score each model and the ensemble on its val split and pairs, and store the "
+                                   "ensemble's best-accuracy threshold on the val pairs.")
+    p.add_argument("checkpoints", nargs="+", help="two or more checkpoints or model files of one dataset")
+    p.add_argument("--out", required=True, help="the ensemble's model file (.pt)")
+    p.add_argument("--data", help="dataset with a labelled val split and/or val pairs (e.g. the HW2P2 root)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web service + page: verify two photos, identify / enroll with a gallery",
                        description="Serve a model over HTTP (FastAPI + uvicorn; pip install 'facerec[serve]'). "
@@ -44,8 +59,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Add the `export` and `serve` subcommands to facerec's parser."""
+    """Add the `export`, `ensemble` and `serve` subcommands to facerec's parser."""
     _add_export(sub)
+    _add_ensemble(sub)
     _add_serve(sub)
 
 
@@ -107,4 +123,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"export": cmd_export, "serve": cmd_serve}
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    import json
+
+    from facerec.ensemble import build_ensemble
+
+    if Path(args.out).suffix.lower() not in (".pt", ".pth"):
+        raise ValueError(f"an ensemble is written as a .pt model file; end --out with .pt, not {args.out!r}")
+    log = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    result = build_ensemble(args.checkpoints, args.out, args.data, log)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    keys = [k for k in ("auc", "eer", "accuracy", "top5") if k in result["ensemble"]]
+    if keys:
+        print(f"{'model':<40} " + " ".join(f"{k:>9}" for k in keys))
+        rows = [(m["checkpoint"], m) for m in result["members"]] + [("ensemble", result["ensemble"])]
+        for name, m in rows:
+            print(f"{name[-40:]:<40} " + " ".join(f"{m[k]:>9.4f}" for k in keys))
+    thr = result["threshold"]
+    print(f"wrote {result['out']}: {len(args.checkpoints)} models; threshold "
+          f"{'none' if thr is None else f'{thr:.4f}'} ({result['threshold_source']})")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"export": cmd_export, "serve": cmd_serve,
+                                                           "ensemble": cmd_ensemble}

@@ -65,6 +65,9 @@ def _embedder(state: dict[str, Any]) -> torch.nn.Module:
     from facerec.config import config_from_dict
     from facerec.pipeline import build_model
 
+    if "ensemble" in state:
+        raise ValueError("an ensemble exports as a .pt model file only; for ONNX, export each of its models "
+                         "separately")
     model = build_model(config_from_dict(state["config"]))
     model.load_state_dict(_float32(state["model"]))
     return model.eval()

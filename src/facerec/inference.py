@@ -14,7 +14,7 @@ from facerec.data.hw2p2 import detect_layout
 from facerec.data.memory import load_flat_images, load_identity_folders
 from facerec.data.pack import image_root, is_pack, read_meta
 from facerec.data.pairset import PairSet, load_pairset
-from facerec.engine.evaluate import class_scores, evaluate_closed_set, evaluate_pairs, score_pairs
+from facerec.engine.evaluate import evaluate_closed_set, evaluate_pairs, score_pairs
 from facerec.pipeline import load_train_images, train_image_root
 from facerec.submission import classification_test_ids, write_classification_csv, write_verification_csv
 
@@ -31,8 +31,7 @@ def evaluate_split(fm: FaceModel, split_dir: str | Path, flip: bool = True, log=
 
 
 def _accuracy(fm: FaceModel, images: torch.Tensor, labels: torch.Tensor, flip: bool) -> dict[str, float]:
-    scores = class_scores(fm.embed(images, flip=flip), fm.loss_fn, fm.prototypes)
-    m = evaluate_closed_set(scores, labels)
+    m = evaluate_closed_set(fm.class_scores(images, flip=flip), labels)
     return {"accuracy": m["acc"], "top5": m["top5"], "n_images": len(labels)}
 
 
@@ -134,9 +133,7 @@ def write_submissions(
     written = []
     if layout.test is not None:
         ids, paths = classification_test_ids(layout)  # the sample's order, checked against test_data/
-        scores = class_scores(
-            fm.embed(load_flat_images(paths, fm.image_size), flip=flip), fm.loss_fn, fm.prototypes
-        )
+        scores = fm.class_scores(load_flat_images(paths, fm.image_size), flip=flip)
         labels = [fm.classes[i] for i in scores.argmax(1).tolist()]
         path = out_dir / "classification_submission.csv"
         write_classification_csv(path, ids, labels, layout.class_sample)

@@ -99,10 +99,18 @@ def export_inference(src: str | Path, dst: str | Path, half: bool = False) -> Pa
     `half` stores floating-point tensors as fp16 (about half the size; `FaceModel.load` casts them back).
     """
     state = load_checkpoint(src)
+    if "ensemble" in state:  # facerec.ensemble: the members are inference states already
+        slim = dict(state, ensemble=[_halved(m) if half else m for m in state["ensemble"]])
+        return save_checkpoint(slim, dst)
     slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
-    if half:
-        for part in ("model", "loss"):
-            slim[part] = {k: v.half() if v.is_floating_point() else v for k, v in slim[part].items()}
-        if "prototypes" in slim:
-            slim["prototypes"] = slim["prototypes"].half()
-    return save_checkpoint(slim, dst)
+    return save_checkpoint(_halved(slim) if half else slim, dst)
+
+
+def _halved(state: dict[str, Any]) -> dict[str, Any]:
+    """Floating-point weights (and prototypes) as fp16."""
+    out = dict(state)
+    for part in ("model", "loss"):
+        out[part] = {k: v.half() if v.is_floating_point() else v for k, v in state[part].items()}
+    if "prototypes" in out:
+        out["prototypes"] = out["prototypes"].half()
+    return out
