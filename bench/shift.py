@@ -17,7 +17,7 @@ in another. Every shift is a fixed, seeded transform of the uint8 64x64 crops:
     jpeg         JPEG quality 15 (compressed uploads)
     noise        Gaussian noise, sigma 12 grey levels (a dark sensor)
 
-Scores come from the project's one scoring path (`facerec.engine.evaluate.embed` with flip TTA, the checkpoint's
+Scores come from the project's one scoring path (`FaceModel.embed` with flip TTA, the checkpoint's
 own cosine / Euclidean scoring, `evaluate_pairs`). Several checkpoints are compared side by side in one run; the
 last line is the ratio of each model's mean AUC margin above chance under shift to the first model's.
 
@@ -40,7 +40,7 @@ from PIL import Image, ImageFilter
 from facerec.api import FaceModel
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.pairset import load_pairset
-from facerec.engine.evaluate import embed, evaluate_pairs, score_pairs
+from facerec.engine.evaluate import evaluate_pairs, score_pairs
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # one uint8 (S, S, 3) image -> the same shape
 
@@ -138,13 +138,13 @@ def main() -> None:
     print(f"{hardware(torch.device('cpu'))}")
     print(f"{len(labels)} pairs ({int(labels.sum())} same), {images.shape[0]} images from {layout.pairs_val}")
     t0 = time.perf_counter()
-    clean = [embed(m.model, images) for m in models]
+    clean = [m.embed(images) for m in models]  # any model file, ensembles (facerec.ensemble) too
     aucs: dict[str, list[float]] = {}
     for name in names:
         probe_images = images if name == "clean" else shifted(images, name)
         row = []
         for m, ref in zip(models, clean):
-            probe = ref if name == "clean" else embed(m.model, probe_images)
+            probe = ref if name == "clean" else m.embed(probe_images)
             # reference side as it is, probe side shifted: (ref[a], probe[b])
             scores = score_pairs(torch.cat([ref, probe]), idx_a, idx_b + ref.shape[0], m.scoring)
             row.append(evaluate_pairs(scores, labels)["auc"])

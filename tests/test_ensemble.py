@@ -39,14 +39,18 @@ def test_ensemble_cosine_is_the_mean_of_the_members_cosines(three, tmp_path):
     assert isinstance(ens, EnsembleFaceModel) and ens.threshold == pytest.approx(0.3)
     members = [facerec.load(p) for p in three]
     x = _images(6)
-    e = ens.embed(x)
-    assert e.shape == (6, 48)
+    e = ens.embed(x, flip=False)
+    assert e.shape == (6, 48) and ens.config.model.embedding_dim == 48
     torch.testing.assert_close(e.norm(dim=1), torch.ones(6))
     cos = lambda a, b: torch.nn.functional.cosine_similarity(a, b, dim=1)  # noqa: E731
-    expected = torch.stack([cos(m.embed(x)[:3], m.embed(x)[3:]) for m in members]).mean(0)
+    singles = [m.embed(x, flip=False) for m in members]
+    expected = torch.stack([cos(s[:3], s[3:]) for s in singles]).mean(0)
     torch.testing.assert_close(cos(e[:3], e[3:]), expected, rtol=1e-5, atol=1e-6)
-    assert ens.score(x[1].numpy(), x[4].numpy()) == pytest.approx(float(expected[1]), abs=1e-5)  # pair 1: (1, 4)
-    v = ens.verify(x[0].numpy(), x[4].numpy())
+    # flip TTA as for one network: the sum of the ensemble embeddings of the image and of its mirror
+    torch.testing.assert_close(ens.embed(x), e + ens.embed(x.flip(2), flip=False), rtol=1e-5, atol=1e-6)
+    s = ens.score(x[1].numpy(), x[4].numpy())  # pair 1 is (1, 4)
+    assert s == pytest.approx(float(cos(ens.embed(x)[1:2], ens.embed(x)[4:5])), abs=1e-5)
+    v = ens.verify(x[1].numpy(), x[4].numpy())
     assert v.same == (v.score >= 0.3)
 
 
@@ -57,8 +61,8 @@ def test_euclidean_ensemble_distance_is_the_rms_of_the_members(tmp_path):
     ens = facerec.load(tmp_path / "ens.pt")
     assert ens.scoring == "euclidean" and ens.threshold == pytest.approx(-math.sqrt((1 + 4) / 2))
     x = _images(4, seed=1)
-    e = ens.embed(x)
-    d = [(m.embed(x)[:2] - m.embed(x)[2:]).norm(dim=1) for m in map(facerec.load, paths)]
+    e = ens.embed(x, flip=False)
+    d = [(m.embed(x, flip=False)[:2] - m.embed(x, flip=False)[2:]).norm(dim=1) for m in map(facerec.load, paths)]
     torch.testing.assert_close((e[:2] - e[2:]).norm(dim=1), ((d[0] ** 2 + d[1] ** 2) / 2).sqrt(), rtol=1e-5,
                                atol=1e-6)
 
@@ -129,7 +133,21 @@ def test_export_and_errors(three, tmp_path, capsys):
     x = _images(2, seed=3)
     half, full = facerec.load(tmp_path / "half.pt"), facerec.load(tmp_path / "ens.pt")
     torch.testing.assert_close(half.embed(x), full.embed(x), rtol=1e-2, atol=1e-2)
-    assert main(["export", "--checkpoint", str(tmp_path / "ens.pt"), "--out", str(tmp_path / "e.onnx")]) == 1
-    assert "exports as a .pt model file only" in capsys.readouterr().err
     assert main(["ensemble", *map(str, three), "--out", str(tmp_path / "e.onnx")]) == 1
     assert "end --out with .pt" in capsys.readouterr().err
+
+
+def test_onnx_export_of_an_ensemble(three, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from facerec.export import export_onnx
+
+    build_ensemble(three, tmp_path / "ens.pt", log=lambda m: None)
+    onnx_path, side = export_onnx(tmp_path / "ens.pt", tmp_path / "ens.onnx")
+    meta = json.loads(side.read_text())
+    assert meta["model"]["embedding_dim"] == 48 and meta["model"]["members"] == 3
+    assert meta["model"]["backbone"] == "ensemble: tiny_cnn + tiny_cnn + tiny_cnn"
+    om, pt = facerec.load(onnx_path), facerec.load(tmp_path / "ens.pt")
+    x = _images(5, seed=4)
+    torch.testing.assert_close(om.embed(x), pt.embed(x), rtol=1e-4, atol=1e-4)
+    assert om.threshold == pytest.approx(pt.threshold) and om.scoring == "cosine"

@@ -90,13 +90,12 @@ class FaceModel(PairVerifier):
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> FaceModel:
-        """A model file or run checkpoint; an ensemble file (facerec.ensemble) gives an EnsembleFaceModel, which
-        has the same methods."""
+        """A model file or run checkpoint; an ensemble file (facerec.ensemble) gives an EnsembleFaceModel."""
         state = load_checkpoint(path, map_location=device)
         if "ensemble" in state:
             from facerec.ensemble import EnsembleFaceModel
 
-            return EnsembleFaceModel.from_state(state, device)  # type: ignore[return-value]
+            return EnsembleFaceModel.from_state(state, device)
         return cls.from_state(state, device)
 
     @classmethod

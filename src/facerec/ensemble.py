@@ -1,12 +1,13 @@
 """Several trained models as one: `facerec ensemble A.pt B.pt ... --out ens.pt`, loaded by `facerec.load`.
 
-The ensemble's embedding is the concatenation of its members' embeddings (each with flip TTA), each divided by
-sqrt(M) and, for cosine models, L2-normalised first. Its cosine is then exactly the mean of the members' cosines,
-and for Euclidean models its distance is the root-mean-square of theirs; so every consumer of embeddings (pair
-scores, `evaluate`, the verification submission, galleries, clustering, the service) uses it unchanged. Its
-closed-set scores are the normalised geometric mean of the members' softmax probabilities. Members must share the
-image size, the scoring and the identities (names and order): models of one dataset, e.g. several seeds or
-recipes.
+The ensemble's network (`EnsembleEmbedder`) maps an image to the concatenation of its members' embeddings, each
+divided by sqrt(M) and, for cosine models, L2-normalised first: the cosine of two such embeddings is exactly the
+mean of the members' cosines, and for Euclidean models the distance is the root-mean-square of theirs. Flip
+test-time augmentation sums the embeddings of the image and its mirror, as for one model. Being one network, it
+goes wherever a model's network goes: pair scores, `evaluate`, the verification submission, galleries,
+clustering, the service and ONNX export. Closed-set scores are the normalised geometric mean of the members'
+softmax probabilities (each member with its own classifier). Members must share the image size, the scoring and
+the identities (names and order): models of one dataset, e.g. several seeds or recipes.
 
 An ensemble file is a facerec checkpoint whose "ensemble" entry lists the members' inference states (no optimiser
 state). Its threshold is the best-accuracy threshold on the val pairs of `--data` (as training stores one), or,
@@ -15,7 +16,6 @@ without data, derived from the members' thresholds (the mean for cosine) and mar
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from facerec.api import FaceModel, ImageLike, PairVerifier, top_k
+from facerec.api import FaceModel, ImageLike
 from facerec.config import config_from_dict, config_to_dict
 from facerec.engine.checkpoint import INFERENCE_KEYS, load_checkpoint, save_checkpoint
 
@@ -33,47 +33,60 @@ class EnsembleError(ValueError):
     pass
 
 
-class EnsembleFaceModel(PairVerifier):
-    """`embed`, `score`, `verify`, `classify` and `class_scores` over several FaceModels (module notes)."""
+class EnsembleEmbedder(nn.Module):
+    """(N, 3, S, S) -> (N, sum D_i): the members' embeddings side by side, each / sqrt(M) (and unit-length first
+    when `normalize`, for cosine scoring)."""
+
+    def __init__(self, members: Sequence[nn.Module], normalize: bool) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.normalize = normalize
+        self.embedding_dim = sum(int(getattr(m, "embedding_dim", 0)) for m in members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [m(x).float() for m in self.members]
+        if self.normalize:
+            parts = [nn.functional.normalize(p, dim=1) for p in parts]
+        return torch.cat(parts, dim=1) / math.sqrt(len(parts))
+
+
+def ensemble_embedder(states: Sequence[dict[str, Any]]) -> EnsembleEmbedder:
+    """The network of an ensemble file's member states (fp16 weights are computed in fp32)."""
+    from facerec.api import _float32
+    from facerec.pipeline import build_model
+
+    nets = []
+    for s in states:
+        net = build_model(config_from_dict(s["config"]))
+        net.load_state_dict(_float32(s["model"]))
+        nets.append(net.eval())
+    return EnsembleEmbedder(nets, states[0].get("scoring", "cosine") == "cosine").eval()
+
+
+class EnsembleFaceModel(FaceModel):
+    """A FaceModel whose network is an EnsembleEmbedder; `class_scores` (and so `classify`) combine the members'
+    (module notes)."""
 
     def __init__(self, members: Sequence[FaceModel], threshold: float | None = None) -> None:
         check_compatible(members)
         self.members = list(members)
         first = self.members[0]
-        self.device = first.device
-        self.scoring, self.classes, self.image_size = first.scoring, first.classes, first.image_size
-        self.threshold = threshold
-        self.prototypes = None
-        self.loss_fn = None
-        self.model = nn.ModuleList([m.model for m in self.members])  # its weights: the gallery's fingerprint
-        self.config = config_from_dict(config_to_dict(first.config))
-        self.config.model.embedding_dim = sum(int(m.config.model.embedding_dim) for m in self.members)
+        cfg = config_from_dict(config_to_dict(first.config))
+        net = EnsembleEmbedder([m.model for m in self.members], first.scoring == "cosine")
+        cfg.model.embedding_dim = net.embedding_dim
+        super().__init__(net, first.loss_fn, cfg, first.classes, first.scoring, threshold, None, str(first.device))
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: str = "cpu") -> EnsembleFaceModel:
         members = [FaceModel.from_state(s, device) for s in state["ensemble"]]
         return cls(members, state.get("threshold"))
 
-    def embed(self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True) -> torch.Tensor:
-        u8 = self.members[0]._as_uint8(images)
-        scale = 1.0 / math.sqrt(len(self.members))
-        parts = []
-        for m in self.members:
-            e = m.embed(u8, flip=flip)
-            if self.scoring == "cosine":
-                e = torch.nn.functional.normalize(e, dim=1)
-            parts.append(e * scale)
-        return torch.cat(parts, dim=1)
-
     def class_scores(self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True) -> torch.Tensor:
         """(N, C) probabilities over the identities: the normalised geometric mean of the members' (softmax of
         the mean log-probability; measured better than the arithmetic mean, docs/benchmarks.md "Ensembles")."""
-        u8 = self.members[0]._as_uint8(images)
+        u8 = self._as_uint8(images)
         logp = torch.stack([m.class_scores(u8, flip).float().log_softmax(dim=1) for m in self.members])
         return logp.mean(0).softmax(dim=1)
-
-    def classify(self, images: Sequence[ImageLike] | torch.Tensor, k: int = 1) -> list[list[tuple[str, float]]]:
-        return top_k(self.class_scores(images), self.classes, k)
 
     def info(self) -> dict[str, Any]:
         return {"ensemble": [m.info() for m in self.members], "embedding_dim": self.config.model.embedding_dim,
@@ -124,8 +137,6 @@ def build_ensemble(checkpoints: Sequence[str | Path], out: str | Path, data: str
     if data is not None:
         from facerec.inference import evaluate_dataset
 
-        for m in members:  # each member embeds each image set once, for its own scores and the ensemble's
-            m.embed = _Memo(m)  # type: ignore[method-assign]
         for c, m in zip(checkpoints, members):
             result["members"].append({"checkpoint": str(c), **evaluate_dataset(m, data, log=log)})
         ens = EnsembleFaceModel(members)
@@ -140,18 +151,3 @@ def build_ensemble(checkpoints: Sequence[str | Path], out: str | Path, data: str
     result.update(threshold=threshold, threshold_source=source, out=str(out))
     return result
 
-
-class _Memo:
-    """A member's `embed`, remembering its results by the images' content (build_ensemble scores the same images
-    with each member and then with the ensemble)."""
-
-    def __init__(self, fm: FaceModel) -> None:
-        self.embed, self.as_uint8 = fm.embed, fm._as_uint8
-        self.cache: dict[tuple[str, tuple[int, ...], bool], torch.Tensor] = {}
-
-    def __call__(self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True) -> torch.Tensor:
-        u8 = self.as_uint8(images)
-        key = (hashlib.sha1(u8.contiguous().numpy().tobytes()).hexdigest(), tuple(u8.shape), flip)
-        if key not in self.cache:
-            self.cache[key] = self.embed(u8, flip=flip)
-        return self.cache[key]

@@ -36,18 +36,23 @@ def sidecar(state: dict[str, Any], opset: int) -> dict[str, Any]:
 
     cfg = config_from_dict(state["config"])
     size = cfg.data.image_size
+    model = {"backbone": cfg.model.backbone, "embedding_dim": cfg.model.embedding_dim, "neck": cfg.model.neck,
+             "loss": cfg.loss.name, "epoch": state.get("epoch")}
+    if "ensemble" in state:  # facerec.ensemble: the members' embeddings side by side
+        members = [config_from_dict(m["config"]).model for m in state["ensemble"]]
+        model.update(backbone="ensemble: " + " + ".join(m.backbone for m in members),
+                     embedding_dim=sum(m.embedding_dim for m in members), members=len(members))
     return {
         "format": SIDECAR_FORMAT,
         "version": 1,
-        "model": {"backbone": cfg.model.backbone, "embedding_dim": cfg.model.embedding_dim, "neck": cfg.model.neck,
-                  "loss": cfg.loss.name, "epoch": state.get("epoch")},
+        "model": model,
         "image_size": size,
         "input": {
             "name": INPUT_NAME, "shape": ["N", 3, size, size], "dtype": "float32", "layout": "NCHW",
             "channels": "RGB", "range": [-1.0, 1.0], "formula": "x = uint8_pixel / 127.5 - 1",
             "resize": f"aligned face crop resized to {size}x{size} (bilinear, antialiased; aspect ratio not kept)",
         },
-        "output": {"name": OUTPUT_NAME, "shape": ["N", cfg.model.embedding_dim], "normalised": False},
+        "output": {"name": OUTPUT_NAME, "shape": ["N", model["embedding_dim"]], "normalised": False},
         "flip_tta": "embedding = f(x) + f(x flipped left-right, i.e. along the last axis)",
         "scoring": state.get("scoring", "cosine"),
         "score_rule": "cosine similarity (or negative Euclidean distance); same person when score >= threshold",
@@ -66,8 +71,9 @@ def _embedder(state: dict[str, Any]) -> torch.nn.Module:
     from facerec.pipeline import build_model
 
     if "ensemble" in state:
-        raise ValueError("an ensemble exports as a .pt model file only; for ONNX, export each of its models "
-                         "separately")
+        from facerec.ensemble import ensemble_embedder
+
+        return ensemble_embedder(state["ensemble"])
     model = build_model(config_from_dict(state["config"]))
     model.load_state_dict(_float32(state["model"]))
     return model.eval()
