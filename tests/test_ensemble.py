@@ -52,6 +52,9 @@ def test_ensemble_cosine_is_the_mean_of_the_members_cosines(three, tmp_path):
     assert s == pytest.approx(float(cos(ens.embed(x)[1:2], ens.embed(x)[4:5])), abs=1e-5)
     v = ens.verify(x[1].numpy(), x[4].numpy())
     assert v.same == (v.score >= 0.3)
+    info = ens.info()  # what the service's page shows
+    assert info["backbone"] == "ensemble: tiny_cnn + tiny_cnn + tiny_cnn" and info["embedding_dim"] == 48
+    assert len(info["members"]) == 3 and info["threshold"] == pytest.approx(0.3) and info["classes"] == 3
 
 
 def test_euclidean_ensemble_distance_is_the_rms_of_the_members(tmp_path):

@@ -288,3 +288,18 @@ def test_cli_serve_builds_the_app_from_its_flags(tmp_path, monkeypatch):
         info = c.get("/api/info").json()
         assert info["limits"]["max_bytes"] == 10485 and "--gallery" in info["gallery"]
         assert c.post("/api/identify", files={"image": ("a.jpg", b"x", "image/jpeg")}).status_code == 501
+
+
+def test_an_ensemble_serves_like_a_model(tmp_path):
+    from facerec.ensemble import build_ensemble
+
+    members = [make_tiny_checkpoint(tmp_path / f"m{i}.pt", image_size=32, seed=i) for i in range(2)]
+    build_ensemble(members, tmp_path / "ens.pt", log=lambda m: None)
+    model, files = FaceModel.load(tmp_path / "ens.pt"), photos(tmp_path / "img", 2)
+    with TestClient(create_app(model)) as c:
+        info = c.get("/api/info").json()
+        assert info["model"]["backbone"] == "ensemble: tiny_cnn + tiny_cnn"
+        assert info["model"]["embedding_dim"] == 32
+        r = c.post("/api/verify", files={"image_a": upload(files[0]), "image_b": upload(files[1])}).json()
+        assert r["score"] == pytest.approx(model.score(files[0], files[1]), abs=1e-6)
+        assert r["threshold"] == pytest.approx(0.3)

@@ -89,8 +89,10 @@ class EnsembleFaceModel(FaceModel):
         return logp.mean(0).softmax(dim=1)
 
     def info(self) -> dict[str, Any]:
-        return {"ensemble": [m.info() for m in self.members], "embedding_dim": self.config.model.embedding_dim,
-                "scoring": self.scoring, "classes": len(self.classes), "threshold": self.threshold}
+        """FaceModel.info's keys (backbone and loss name every member, as the ONNX sidecar does) + "members"."""
+        members = [m.info() for m in self.members]
+        return {**super().info(), "backbone": "ensemble: " + " + ".join(m["backbone"] for m in members),
+                "loss": " + ".join(m["loss"] for m in members), "members": members}
 
 
 def check_compatible(members: Sequence[FaceModel]) -> None:
