@@ -114,6 +114,7 @@ def test_cli_with_data_tunes_the_threshold_and_predicts(tmp_path, capsys):
     assert r["ensemble"]["auc"] == pytest.approx(roc_auc_score(pairs.labels, mean), abs=1e-6)
     assert r["threshold"] == pytest.approx(r["ensemble"]["best_threshold"])
     assert facerec.load(out).threshold == pytest.approx(r["threshold"])
+    assert load_checkpoint(out)["metrics"]["auc"] == pytest.approx(r["ensemble"]["auc"])
     assert main(["evaluate", "--checkpoint", str(out), "--data", str(data), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["auc"] == pytest.approx(r["ensemble"]["auc"]) and again["accuracy"] == r["ensemble"]["accuracy"]

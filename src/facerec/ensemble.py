@@ -147,8 +147,10 @@ def build_ensemble(checkpoints: Sequence[str | Path], out: str | Path, data: str
             threshold = float(result["ensemble"]["best_threshold"])
             source = "best-accuracy threshold on the val pairs"
     first = states[0]
-    combined = {"config": first["config"], "classes": first["classes"], "scoring": first["scoring"],
+    combined = {"config": first["config"], "classes": first["classes"], "scoring": members[0].scoring,
                 "ensemble": states, "threshold": threshold, "threshold_source": source}
+    if result["ensemble"]:  # the ensemble's own val metrics, as a run's best.pt carries its epoch's
+        combined["metrics"] = {k: v for k, v in result["ensemble"].items() if isinstance(v, int | float)}
     save_checkpoint(combined, out)
     result.update(threshold=threshold, threshold_source=source, out=str(out))
     return result
