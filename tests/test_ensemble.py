@@ -155,3 +155,22 @@ def test_onnx_export_of_an_ensemble(three, tmp_path):
     x = _images(5, seed=4)
     torch.testing.assert_close(om.embed(x), pt.embed(x), rtol=1e-4, atol=1e-4)
     assert om.threshold == pytest.approx(pt.threshold) and om.scoring == "cosine"
+
+
+def test_the_shipped_ensemble(facehw):
+    """models/facehw_ensemble.pt: three facehw models whose network is their normalised embeddings side by side;
+    on 200 val pairs its cosine (one pass, no flip) is the mean of the members' cosines."""
+    path = Path(__file__).resolve().parents[1] / "models" / "facehw_ensemble.pt"
+    if not path.is_file():
+        pytest.skip("models/facehw_ensemble.pt is not in this checkout")
+    state = load_checkpoint(path)
+    assert len(state["ensemble"]) == 3 and state["threshold_source"] == "best-accuracy threshold on the val pairs"
+    ens = facerec.load(path)
+    assert isinstance(ens, EnsembleFaceModel) and ens.config.model.embedding_dim == 768
+    pairs = read_pairs(facehw / "verification_pairs_val.txt")
+    a = [facehw / p for p in pairs.a[:200]]
+    b = [facehw / p for p in pairs.b[:200]]
+    cos = torch.nn.functional.cosine_similarity
+    got = cos(ens.embed(a, flip=False), ens.embed(b, flip=False), dim=1)
+    mean = torch.stack([cos(m.embed(a, flip=False), m.embed(b, flip=False), dim=1) for m in ens.members]).mean(0)
+    torch.testing.assert_close(got, mean, rtol=1e-5, atol=1e-5)
