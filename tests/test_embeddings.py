@@ -92,6 +92,9 @@ def test_file_errors(tmp_path):
     (tmp_path / "y.csv").write_text("path,e0,e1\na.jpg,1,zero\n")
     with pytest.raises(DataError, match="not a number"):
         load_embeddings(tmp_path / "y.csv")
+    (tmp_path / "h.csv").write_text("path,e0,e1\n")
+    with pytest.raises(DataError, match="holds no embeddings"):
+        load_embeddings(tmp_path / "h.csv")
     (tmp_path / "z.csv").write_text("path,e0,e1\na.jpg,1\n")
     with pytest.raises(DataError, match="a path and 2 values"):
         load_embeddings(tmp_path / "z.csv")

@@ -180,6 +180,8 @@ def load_embeddings(path: str | Path) -> EmbeddingSet:
         rows = list(csv.reader(f))
     if not rows or not rows[0] or rows[0][0] != "path":
         raise DataError(f"{path} is not an embedding CSV: its header must be path,e0,e1,...")
+    if len(rows) < 2:
+        raise DataError(f"{path} holds no embeddings (a header and no rows)")
     try:
         emb = np.asarray([[float(v) for v in r[1:]] for r in rows[1:]], dtype=np.float32)
     except ValueError as err:
