@@ -12,6 +12,7 @@ The distance matrix is N x N, so one call takes at most MAX_IMAGES photos (about
 
 from __future__ import annotations
 
+import csv
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,8 +112,6 @@ def clustering_scores(pred: np.ndarray, truth: Sequence[str] | np.ndarray) -> di
 
 def write_clusters_csv(paths: Sequence[str], labels: np.ndarray, out: str | Path) -> Path:
     """`path,cluster,cluster_size`, a row per photo, grouped by cluster (largest first), photos in input order."""
-    import csv
-
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     sizes = np.bincount(labels) if len(labels) else np.zeros(0, dtype=np.int64)

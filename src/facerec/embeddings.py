@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from facerec.data.folder import DataError, is_image_name, load_images
+from facerec.data.folder import DataError, load_images
 
 FORMATS = (".npz", ".csv")
 
@@ -194,4 +194,4 @@ def load_embeddings(path: str | Path) -> EmbeddingSet:
 def is_embedding_file(path: str | Path) -> bool:
     """True for an existing .npz / .csv file: how `facerec cluster` tells an embedding file from photos."""
     p = Path(path)
-    return p.is_file() and p.suffix.lower() in FORMATS and not is_image_name(p.name)
+    return p.is_file() and p.suffix.lower() in FORMATS
