@@ -1,9 +1,9 @@
 """Face clustering quality on labelled identity folders: linkages side by side over a range of thresholds.
 
-Each folder's photos are embedded once (facerec.embeddings.embed_files, flip TTA; `--align` detects and aligns
-raw photos first) and clustered by facerec.cluster.cluster_embeddings with `average`, `complete` and `single`
+Each folder's photos are embedded once (facerec.photos.embed.embed_files, flip TTA; `--align` detects and aligns
+raw photos first) and clustered by facerec.photos.cluster.cluster_embeddings with `average`, `complete` and `single`
 linkage at the model's own verification threshold and at each of `--thresholds`. Scores against the identity
-folders: pair precision / recall / F1 and the adjusted Rand index (facerec.cluster.clustering_scores).
+folders: pair precision / recall / F1 and the adjusted Rand index (facerec.photos.cluster.clustering_scores).
 
     python bench/cluster.py [--checkpoint models/facehw.pt] [--folder DIR[:align]]... [--thresholds 0.3,0.4,...]
 
@@ -23,8 +23,8 @@ import numpy as np
 from _common import REPO, cpu_model, data_root
 
 import facerec
-from facerec.cluster import LINKAGES, cluster_embeddings, clustering_scores
-from facerec.embeddings import embed_files
+from facerec.photos.cluster import LINKAGES, cluster_embeddings, clustering_scores
+from facerec.photos.embed import embed_files
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
         root = spec.removesuffix(":align")
         aligner = None
         if spec.endswith(":align"):
-            from facerec.align import FaceAligner
+            from facerec.photos.align import FaceAligner
 
             aligner = FaceAligner()
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Embeddings/s on the CPU: PyTorch (facerec.api.FaceModel) vs ONNX Runtime (facerec.onnx_backend.OnnxFaceModel).
+"""Embeddings/s on the CPU: PyTorch (facerec.inference.model.FaceModel) vs ONNX Runtime (facerec.inference.onnx.OnnxFaceModel).
 
 Same model (random weights: speed does not depend on them), same uint8 batches, same thread count, both through
 their public `embed` (preprocessing included; flip TTA off: with it, both do two passes). Each rate is the median
@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from _common import hardware
 
-from facerec.api import FaceModel
 from facerec.config import config_from_dict, config_to_dict
 from facerec.engine.checkpoint import load_checkpoint, save_checkpoint
-from facerec.export import export_onnx
-from facerec.onnx_backend import OnnxFaceModel
-from facerec.pipeline import build_loss_fn, build_model
+from facerec.engine.run import build_loss_fn, build_model
+from facerec.inference.export import export_onnx
+from facerec.inference.model import FaceModel
+from facerec.inference.onnx import OnnxFaceModel
 
 
 def checkpoint(folder: Path, backbone: str, image_size: int) -> Path:

@@ -33,7 +33,7 @@ def serve(model_path: str, port: int) -> None:
     """The server side (run in the subprocess): a .pt with PyTorch, a .onnx with ONNX Runtime."""
     import uvicorn
 
-    from facerec.onnx_backend import load_any
+    from facerec.inference.onnx import load_any
     from facerec.serve.app import create_app
 
     uvicorn.run(create_app(load_any(model_path)), host=HOST, port=port, log_level="warning")
@@ -145,7 +145,7 @@ def main() -> None:
         ckpt = args.checkpoint or random_checkpoint(Path(tmp))
         model_path = ckpt
         if args.onnx:
-            from facerec.export import export_onnx
+            from facerec.inference.export import export_onnx
 
             model_path = str(export_onnx(ckpt, Path(tmp) / "model.onnx")[0])
         images = test_images(args.images, Path(tmp))

@@ -37,10 +37,10 @@ import torch
 from _common import data_root, hardware
 from PIL import Image, ImageFilter
 
-from facerec.api import FaceModel
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.pairset import load_pairset
 from facerec.engine.evaluate import evaluate_pairs, score_pairs
+from facerec.inference.model import FaceModel
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # one uint8 (S, S, 3) image -> the same shape
 
@@ -138,7 +138,7 @@ def main() -> None:
     print(f"{hardware(torch.device('cpu'))}")
     print(f"{len(labels)} pairs ({int(labels.sum())} same), {images.shape[0]} images from {layout.pairs_val}")
     t0 = time.perf_counter()
-    clean = [m.embed(images) for m in models]  # any model file, ensembles (facerec.ensemble) too
+    clean = [m.embed(images) for m in models]  # any model file, ensembles (facerec.inference.ensemble) too
     aucs: dict[str, list[float]] = {}
     for name in names:
         probe_images = images if name == "clean" else shifted(images, name)

@@ -65,7 +65,7 @@ def main() -> int:
     args = p.parse_args()
     runs = [Path(r) for r in args.runs]
     if args.train:
-        from facerec.cli import main as facerec
+        from facerec.cli.main import main as facerec
 
         cmd = ["train", "--data", str(data_root(args.data)), "--out", args.train, *args.runs]
         if facerec(cmd + (["--config", args.config] if args.config else [])) != 0:

@@ -37,11 +37,11 @@ from facerec.data.augment import get_preset
 from facerec.data.memory import ImageSet
 from facerec.data.sampler import RandomBatchSampler
 from facerec.engine.fit import epoch_batches
+from facerec.engine.run import build_loss_fn, build_model, images_on_gpu, resolve_amp, use_channels_last
 from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
-from facerec.pipeline import build_loss_fn, build_model, images_on_gpu, resolve_amp, use_channels_last
 
 
 def _parts(recipe: Config | None, model_name: str, classes: int, size: int, device: torch.device,

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facerec.align import (
+from facerec.data.folder import DataError
+from facerec.photos.align import (
     TEMPLATE_64,
     similarity_transform,
     transform_points,
     warp_similarity,
 )
-from facerec.data.folder import DataError
 from test_lfw import one_thread, run_cli  # noqa: F401  (one_thread: autouse fixture)
 
 
@@ -57,7 +57,7 @@ def test_warp_puts_the_landmarks_on_the_template(photo_size, scale):
 
 
 def test_missing_facenet_pytorch_says_how_to_install(monkeypatch):
-    from facerec.align import FaceAligner
+    from facerec.photos.align import FaceAligner
 
     monkeypatch.setitem(sys.modules, "facenet_pytorch", None)
     with pytest.raises(ImportError, match="pip install --no-deps facenet-pytorch==2.6.0"):
@@ -67,13 +67,13 @@ def test_missing_facenet_pytorch_says_how_to_install(monkeypatch):
 @pytest.fixture(scope="module")
 def aligner():
     pytest.importorskip("facenet_pytorch")
-    from facerec.align import FaceAligner
+    from facerec.photos.align import FaceAligner
 
     return FaceAligner()
 
 
 def test_template_is_where_mtcnn_finds_landmarks_in_training_crops(aligner, facehw):
-    from facerec.align import measure_template
+    from facerec.photos.align import measure_template
 
     train = facehw / "classification_data" / "train_data"
     crops = [sorted((train / str(i)).glob("*.jpg"))[0] for i in range(0, 700, 35)]  # 20 identities

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from facerec.calibrate import calibrate, calibrate_scores, is_lfw_pair_file
 from facerec.data.folder import DataError
 from facerec.engine.checkpoint import load_checkpoint
+from facerec.evaluation.calibrate import calibrate, calibrate_scores, is_lfw_pair_file
 from test_lfw import one_thread, run_cli, tiny_checkpoint  # noqa: F401  (one_thread: autouse fixture)
 
 
@@ -37,7 +37,7 @@ def _pair_file(face_dir, path):
 
 
 def test_calibrate_writes_threshold_into_a_copy(tmp_path_factory, face_dir, tmp_path):
-    from facerec.api import FaceModel
+    from facerec.inference.model import FaceModel
 
     src = tiny_checkpoint(tmp_path_factory)
     pairs = _pair_file(face_dir, tmp_path / "pairs.txt")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import facerec
-from facerec.cli import main
+from facerec.cli.main import main
 from facerec.engine.progress import read_metrics
 
 TINY = [
@@ -145,7 +145,7 @@ def test_compiled_training_matches_eager(hw2p2_dir: Path, tmp_path: Path, cache,
 
     import torch._dynamo as dynamo
 
-    import facerec.pipeline as pipeline
+    import facerec.engine.run as pipeline
 
     monkeypatch.setattr(pipeline.torch, "compile", functools.partial(torch.compile, backend="eager"))
     args = ["--data", str(hw2p2_dir), "train.epochs=2", *TINY]
@@ -167,7 +167,7 @@ def test_a_backend_that_cannot_compile_falls_back_to_eager(hw2p2_dir: Path, tmp_
 
     import torch._dynamo as dynamo
 
-    import facerec.pipeline as pipeline
+    import facerec.engine.run as pipeline
 
     def broken(gm, example_inputs):
         raise RuntimeError("no compiler here")

@@ -1,4 +1,4 @@
-"""`facerec cluster` / facerec.cluster: agglomerative clustering of face embeddings by the model's scoring."""
+"""`facerec cluster` / facerec.photos.cluster: agglomerative clustering of face embeddings by the model's scoring."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist, squareform
 
 import facerec
-from facerec.cluster import (
+from facerec.data.folder import DataError
+from facerec.photos.cluster import (
     cluster_embeddings,
     clustering_scores,
     copy_into_folders,
@@ -22,8 +23,7 @@ from facerec.cluster import (
     relabel_by_size,
     write_clusters_csv,
 )
-from facerec.data.folder import DataError
-from facerec.embeddings import EmbeddingSet, embed_files, save_embeddings
+from facerec.photos.embed import EmbeddingSet, embed_files, save_embeddings
 from test_export import make_tiny_checkpoint, photos
 from test_lfw import one_thread, real_checkpoint, run_cli  # noqa: F401  (one_thread: autouse fixture)
 
@@ -105,7 +105,7 @@ def test_pair_scores_against_brute_force():
 
 
 def test_errors(monkeypatch):
-    import facerec.cluster as cluster
+    import facerec.photos.cluster as cluster
 
     with pytest.raises(ValueError, match="unknown linkage 'ward'"):
         cluster_embeddings(np.zeros((3, 2)), "cosine", 0.5, "ward")
@@ -180,7 +180,7 @@ def test_lfw_tiny_people_are_grouped(shared_data):
     ckpt = real_checkpoint()
     if ckpt is None:
         pytest.skip("needs models/facehw.pt")
-    from facerec.align import FaceAligner
+    from facerec.photos.align import FaceAligner
 
     fm = facerec.load(ckpt)
     es = embed_files(fm, [shared_data / "lfw_tiny" / "classify"], FaceAligner(), log=lambda m: None)

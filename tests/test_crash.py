@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import make_hw2p2
-from facerec.cli import main
+from facerec.cli.main import main
 from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.progress import read_metrics
 
@@ -51,7 +51,7 @@ def save(obj, f, *args, **kwargs):
         open(os.environ["FACEREC_TEST_MARKER"], "w").close()
         time.sleep(600)
 torch.save = save
-from facerec.cli import main
+from facerec.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

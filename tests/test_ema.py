@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from facerec.cli import main
+from facerec.cli.main import main
 from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.ema import WeightAverage
 from facerec.engine.progress import read_metrics

@@ -1,4 +1,4 @@
-"""`facerec embed` / facerec.embeddings: photos (files and folders) -> an embedding file and back."""
+"""`facerec embed` / facerec.photos.embed: photos (files and folders) -> an embedding file and back."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 
 import facerec
 from facerec.data.folder import DataError
-from facerec.embeddings import EmbeddingSet, embed_files, list_inputs, load_embeddings, save_embeddings
+from facerec.photos.embed import EmbeddingSet, embed_files, list_inputs, load_embeddings, save_embeddings
 from test_export import make_tiny_checkpoint, photos
 from test_lfw import one_thread, run_cli  # noqa: F401  (one_thread: autouse fixture)
 
@@ -126,7 +126,7 @@ def test_cli_embed_json_and_file(model_and_photos, tmp_path, capsys):
 def test_onnx_export_embeds_like_the_checkpoint(model_and_photos, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from facerec.export import export_onnx
+    from facerec.inference.export import export_onnx
 
     ckpt, root = model_and_photos
     onnx_path = tmp_path / "m.onnx"
@@ -139,7 +139,7 @@ def test_onnx_export_embeds_like_the_checkpoint(model_and_photos, tmp_path):
 
 def test_align_skips_photos_without_a_face(shared_data, tmp_path):
     pytest.importorskip("facenet_pytorch")
-    from facerec.align import FaceAligner, load_face
+    from facerec.photos.align import FaceAligner, load_face
     from test_lfw import real_checkpoint
 
     ckpt = real_checkpoint() or make_tiny_checkpoint(tmp_path / "m.pt", image_size=64)

@@ -1,4 +1,4 @@
-"""`facerec ensemble` / facerec.ensemble: several models as one model file, usable wherever a checkpoint is."""
+"""`facerec ensemble` / facerec.inference.ensemble: several models as one model file, usable wherever a checkpoint is."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from sklearn.metrics import roc_auc_score
 
 import facerec
 from conftest import make_hw2p2
-from facerec.cli import main
+from facerec.cli.main import main
 from facerec.data.pairs import read_pairs
 from facerec.engine.checkpoint import load_checkpoint
-from facerec.ensemble import EnsembleError, EnsembleFaceModel, build_ensemble
+from facerec.inference.ensemble import EnsembleError, EnsembleFaceModel, build_ensemble
 from test_export import make_tiny_checkpoint
 
 
@@ -144,7 +144,7 @@ def test_export_and_errors(three, tmp_path, capsys):
 def test_onnx_export_of_an_ensemble(three, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from facerec.export import export_onnx
+    from facerec.inference.export import export_onnx
 
     build_ensemble(three, tmp_path / "ens.pt", log=lambda m: None)
     onnx_path, side = export_onnx(tmp_path / "ens.pt", tmp_path / "ens.onnx")

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from facerec.api import FaceModel
 from facerec.config import config_from_dict, config_to_dict
 from facerec.engine.checkpoint import load_checkpoint, save_checkpoint
-from facerec.pipeline import build_loss_fn, build_model
+from facerec.engine.run import build_loss_fn, build_model
+from facerec.inference.model import FaceModel
 
 CLASSES = ["1", "4", "7"]
 
@@ -53,7 +53,7 @@ def photos(folder: Path, n: int, size: int = 48, seed: int = 1) -> list[Path]:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, Path]:
     pytest.importorskip("onnxruntime")
-    from facerec.export import export_onnx
+    from facerec.inference.export import export_onnx
 
     tmp = tmp_path_factory.mktemp("export")
     ckpt = make_tiny_checkpoint(tmp / "best.pt", image_size=32)
@@ -95,7 +95,7 @@ def test_onnx_runtime_matches_pytorch_on_random_inputs(exported, batch):
 
 
 def test_onnx_face_model_matches_face_model(exported, tmp_path):
-    from facerec.onnx_backend import OnnxFaceModel, load_any
+    from facerec.inference.onnx import OnnxFaceModel, load_any
 
     ckpt, onnx_path = exported
     fm, om = FaceModel.load(ckpt), load_any(onnx_path)
@@ -111,7 +111,7 @@ def test_onnx_face_model_matches_face_model(exported, tmp_path):
 
 def test_onnx_metadata_is_enough_without_sidecar(exported, tmp_path):
     pytest.importorskip("onnx")
-    from facerec.onnx_backend import OnnxFaceModel
+    from facerec.inference.onnx import OnnxFaceModel
 
     ckpt, onnx_path = exported
     alone = tmp_path / "alone.onnx"
@@ -122,8 +122,8 @@ def test_onnx_metadata_is_enough_without_sidecar(exported, tmp_path):
 
 def test_onnx_matches_pytorch_on_real_faces(facehw, tmp_path):
     pytest.importorskip("onnxruntime")
-    from facerec.export import export_onnx
-    from facerec.onnx_backend import OnnxFaceModel
+    from facerec.inference.export import export_onnx
+    from facerec.inference.onnx import OnnxFaceModel
 
     files = sorted((facehw / "verification_data").glob("*.jpg"))[:16]
     ckpt = make_tiny_checkpoint(tmp_path / "best.pt", image_size=64)
@@ -133,7 +133,7 @@ def test_onnx_matches_pytorch_on_real_faces(facehw, tmp_path):
 
 
 def run_cli(argv: list[str]) -> int:
-    from facerec.cli_serve import COMMANDS, add_parsers
+    from facerec.cli.serve import COMMANDS, add_parsers
 
     parser = argparse.ArgumentParser(prog="facerec")
     add_parsers(parser.add_subparsers(dest="command", required=True))
@@ -160,7 +160,7 @@ def test_cli_export_onnx_reports_agreement(tmp_path, capsys):
 
 
 def test_export_refuses_unknown_suffix_and_half_onnx(tmp_path):
-    from facerec.export import export_model
+    from facerec.inference.export import export_model
 
     ckpt = make_tiny_checkpoint(tmp_path / "best.pt")
     with pytest.raises(ValueError, match=r"\.onnx"):

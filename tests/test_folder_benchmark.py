@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import make_identity_folder
-from facerec.cli import main
+from facerec.cli.main import main
 from facerec.data.folder import DataError
-from facerec.folder_benchmark import leave_one_out_identification, pair_indices
+from facerec.evaluation.folder import leave_one_out_identification, pair_indices
 from facerec.metrics.verification import pair_scores, score_matrix
 from test_export import make_tiny_checkpoint
 from test_lfw import one_thread, run_cli  # noqa: F401  (one_thread: autouse fixture)

@@ -13,7 +13,7 @@ from facerec.data.folder import DataError
 from test_lfw import one_thread, real_checkpoint, run_cli, tiny_checkpoint  # noqa: F401  (one_thread: autouse)
 
 faiss = pytest.importorskip("faiss")
-from facerec.gallery import Gallery, identify  # noqa: E402
+from facerec.photos.gallery import Gallery, identify  # noqa: E402
 
 
 def _people(n: int, dim: int = 16, per: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -109,8 +109,8 @@ def test_cli_enroll_identify_list_remove(tmp_path_factory, face_dir, capsys):
 
 def test_identification_accuracy_on_lfw_tiny(shared_data, tmp_path_factory):
     """Enroll photos 1-5 of each of the 10 people, identify photos 6-10 (chance: 10%)."""
-    from facerec.api import FaceModel
-    from facerec.gallery import open_for_model
+    from facerec.inference.model import FaceModel
+    from facerec.photos.gallery import open_for_model
 
     root = shared_data / "lfw_tiny" / "classify"
     if not root.is_dir():
@@ -120,10 +120,10 @@ def test_identification_accuracy_on_lfw_tiny(shared_data, tmp_path_factory):
     aligner = None
     if real is not None:
         pytest.importorskip("facenet_pytorch")
-        from facerec.align import FaceAligner
+        from facerec.photos.align import FaceAligner
 
         aligner = FaceAligner()
-    from facerec.align import load_faces
+    from facerec.photos.align import load_faces
 
     g = open_for_model(tmp_path_factory.mktemp("lfw_gal") / "g", fm, create=True)
     queries, truth = [], []

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import make_identity_folder
-from facerec.cli import main
+from facerec.cli.main import main
 from facerec.data.folder import DataError, load_image
 from facerec.data.holdout import (
     draw_pairs,

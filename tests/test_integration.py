@@ -9,7 +9,7 @@ import pytest
 
 from facerec.config import load_config, recipe_path
 from facerec.engine.progress import read_metrics
-from facerec.pipeline import train
+from facerec.engine.run import train
 
 RECIPES = sorted(p.stem for p in (Path(__file__).parents[1] / "src/facerec/recipes").glob("*.yaml"))
 

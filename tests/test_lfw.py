@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from conftest import REPO, make_identity_folder
-from facerec import cli_photos
+from facerec.cli import photos as cli_photos
 from facerec.data.folder import DataError
-from facerec.lfw import kfold_accuracy, lfw_report, read_lfw_pairs
+from facerec.evaluation.lfw import kfold_accuracy, lfw_report, read_lfw_pairs
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +34,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.getbasetemp() / "photos_tiny_run"
     if not (run / "best.pt").is_file():
         from facerec.config import load_config
-        from facerec.pipeline import train
+        from facerec.engine.run import train
 
         root = make_identity_folder(tmp_path_factory.mktemp("tiny_faces"), [f"p{i}" for i in range(6)], 6)
         os.environ.setdefault("FACEREC_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

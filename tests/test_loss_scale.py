@@ -10,15 +10,15 @@ import pytest
 import torch
 
 import facerec.engine.loss_scale as loss_scale
-from facerec.cli import main
+from facerec.cli.main import main
 from facerec.data.augment import get_preset, to_input
 from facerec.engine.loss_scale import LossScale
 from facerec.engine.progress import read_metrics
+from facerec.engine.run import amp_advice, resolve_amp
 from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
-from facerec.pipeline import amp_advice, resolve_amp
 from test_cli import TINY
 from test_robustness import _poison
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facerec.cli import main
-from facerec.lr_find import GeometricSweep, lowest_loss, smooth, steepest_descent
+from facerec.cli.main import main
+from facerec.engine.lr_find import GeometricSweep, lowest_loss, smooth, steepest_descent
 from test_cli import TINY
 
 

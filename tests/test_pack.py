@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import make_identity_folder
-from facerec.cli import main
+from facerec.cli.main import main
 from facerec.data.folder import DataError
 from facerec.data.memory import ImageSet
 from facerec.data.pack import is_pack, open_pack, pack_dataset, subset

@@ -19,7 +19,7 @@ pytest.importorskip("fastapi")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from facerec.api import FaceModel  # noqa: E402
+from facerec.inference.model import FaceModel  # noqa: E402
 from facerec.serve.app import create_app  # noqa: E402
 from test_export import make_tiny_checkpoint, photos  # noqa: E402
 from test_serve import FakeGallery  # noqa: E402

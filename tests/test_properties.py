@@ -18,7 +18,7 @@ from PIL import Image
 from facerec.config import Config, ConfigError, known_keys, load_config, parse_override
 from facerec.data.folder import DataError, load_image
 from facerec.data.pairs import PairList, read_pairs
-from facerec.submission import read_sample_submission
+from facerec.outputs.submission import read_sample_submission
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from facerec.metrics.verification import verification_report
-from facerec.report import write_report
+from facerec.outputs.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EPOCHS = [  # epoch 2 has no verification numbers (eval skipped), epoch 3 is best by AUC

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 import facerec.engine.checkpoint as checkpoint_module
-import facerec.pipeline as pipeline
+import facerec.engine.run as pipeline
 from conftest import make_hw2p2, make_identity_folder
-from facerec.cli import main
+from facerec.cli.main import main
 from facerec.config import ConfigError, config_to_dict, load_config
 from facerec.data.augment import get_preset
 from facerec.data.folder import DataError
@@ -36,7 +36,7 @@ from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer, skips_on_device, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
-from facerec.submission import classification_test_ids, read_sample_submission, write_classification_csv
+from facerec.outputs.submission import classification_test_ids, read_sample_submission, write_classification_csv
 
 TINY = [
     "model.backbone=tiny_cnn",

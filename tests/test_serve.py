@@ -18,8 +18,8 @@ pytest.importorskip("httpx")
 pytest.importorskip("python_multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from facerec.api import FaceModel  # noqa: E402
 from facerec.data.folder import load_image  # noqa: E402
+from facerec.inference.model import FaceModel  # noqa: E402
 from facerec.serve.app import create_app  # noqa: E402
 from facerec.serve.ports import Unavailable  # noqa: E402
 from facerec.serve.uploads import Limits  # noqa: E402
@@ -180,10 +180,10 @@ def test_concurrent_requests_agree(setup, client):
 def test_gallery_endpoints_answer_501_without_a_gallery(setup, client):
     r = client.post("/api/identify", files={"image": upload(setup[1][0])})
     assert r.status_code == 501 and "gallery" in r.json()["detail"]
-    app = create_app(setup[0], gallery=Unavailable("facerec.gallery is not installed"))
+    app = create_app(setup[0], gallery=Unavailable("facerec.photos.gallery is not installed"))
     with TestClient(app) as c:
         assert c.get("/api/identities").status_code == 501
-        assert c.delete("/api/identities/bob").json()["detail"] == "facerec.gallery is not installed"
+        assert c.delete("/api/identities/bob").json()["detail"] == "facerec.photos.gallery is not installed"
 
 
 def test_enroll_identify_delete(setup):
@@ -205,7 +205,7 @@ def test_enroll_identify_delete(setup):
 
 
 class CentreAligner:
-    """Stands in for facerec.align.FaceAligner: the centre half of the photo, or no face on dark photos."""
+    """Stands in for facerec.photos.align.FaceAligner: the centre half of the photo, or no face on dark photos."""
 
     def align(self, image: Image.Image):
         if np.asarray(image).mean() < 20:
@@ -230,8 +230,8 @@ def test_aligner_crop_is_used_and_no_face_is_422(setup):
 
 def test_onnx_model_is_served_the_same(setup, tmp_path):
     pytest.importorskip("onnxruntime")
-    from facerec.export import export_onnx
-    from facerec.onnx_backend import OnnxFaceModel
+    from facerec.inference.export import export_onnx
+    from facerec.inference.onnx import OnnxFaceModel
 
     model, files = setup
     onnx_path, _ = export_onnx(make_tiny_checkpoint(tmp_path / "best.pt", image_size=32), tmp_path / "m.onnx")
@@ -291,7 +291,7 @@ def test_cli_serve_builds_the_app_from_its_flags(tmp_path, monkeypatch):
 
 
 def test_an_ensemble_serves_like_a_model(tmp_path):
-    from facerec.ensemble import build_ensemble
+    from facerec.inference.ensemble import build_ensemble
 
     members = [make_tiny_checkpoint(tmp_path / f"m{i}.pt", image_size=32, seed=i) for i in range(2)]
     build_ensemble(members, tmp_path / "ens.pt", log=lambda m: None)

@@ -12,7 +12,7 @@ from PIL import Image
 from facerec.data.folder import DataError
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.pairs import PairList, read_pairs
-from facerec.submission import (
+from facerec.outputs.submission import (
     classification_test_ids,
     read_sample_submission,
     write_classification_csv,

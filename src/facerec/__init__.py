@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import json
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from facerec.api import FaceModel
-    from facerec.lr_find import LRFindResult
+    from facerec.engine.lr_find import LRFindResult
+    from facerec.inference.model import FaceModel
 
 
 def load(checkpoint: str | Path, device: str = "cpu") -> FaceModel:
     """Load a trained model (a run checkpoint, an exported model file, or an ONNX export) for `embed`, `verify` and
     `classify` (ONNX exports: `embed`, `score` and `verify`, run by ONNX Runtime)."""
     if str(checkpoint).endswith(".onnx"):
-        from facerec.onnx_backend import OnnxFaceModel
+        from facerec.inference.onnx import OnnxFaceModel
 
         return OnnxFaceModel(checkpoint)  # type: ignore[return-value]
-    from facerec.api import FaceModel
+    from facerec.inference.model import FaceModel
 
     return FaceModel.load(checkpoint, device=device)
 
@@ -43,8 +48,8 @@ def train(
         resume: continue the run in `out` from its last checkpoint (the overrides apply on top of its config).
     """
     from facerec.config import load_config, recipe_path
-    from facerec.pipeline import resume_config
-    from facerec.pipeline import train as run_training
+    from facerec.engine.run import resume_config
+    from facerec.engine.run import train as run_training
 
     items = _override_items(data, overrides)
     if resume:
@@ -69,8 +74,8 @@ def find_lr(
     `optim.lr` (None when the loss never fell), `.lrs` / `.smoothed` the curve; the sweep stops once the smoothed
     loss passes `diverge` x its minimum. With `out`, also writes `lr_find.csv` and `lr_find.png` there."""
     from facerec.config import load_config, recipe_path
-    from facerec.lr_find import find_lr as range_test
-    from facerec.lr_find import write_outputs
+    from facerec.engine.lr_find import find_lr as range_test
+    from facerec.engine.lr_find import write_outputs
 
     cfg = load_config(recipe_path(str(config)) if config else None, _override_items(data, overrides))
     result = range_test(cfg, start, end, steps, diverge)
@@ -92,7 +97,51 @@ def _override_items(data: str | Path | None, overrides: Mapping[str, Any] | Sequ
 
 def __getattr__(name: str) -> Any:
     if name == "FaceModel":
-        from facerec.api import FaceModel
+        from facerec.inference.model import FaceModel
 
         return FaceModel
-    raise AttributeError(name)
+    raise AttributeError(f"module 'facerec' has no attribute {name!r}")
+
+
+# Modules that moved into subpackages (0.2): the old names still import, with a DeprecationWarning.
+MOVED_MODULES = {
+    "facerec.api": "facerec.inference.model",
+    "facerec.onnx_backend": "facerec.inference.onnx",
+    "facerec.ensemble": "facerec.inference.ensemble",
+    "facerec.export": "facerec.inference.export",
+    "facerec.lfw": "facerec.evaluation.lfw",
+    "facerec.folder_benchmark": "facerec.evaluation.folder",
+    "facerec.calibrate": "facerec.evaluation.calibrate",
+    "facerec.align": "facerec.photos.align",
+    "facerec.embeddings": "facerec.photos.embed",
+    "facerec.gallery": "facerec.photos.gallery",
+    "facerec.cluster": "facerec.photos.cluster",
+    "facerec.submission": "facerec.outputs.submission",
+    "facerec.report": "facerec.outputs.report",
+    "facerec.report_plots": "facerec.outputs.plots",
+    "facerec.pipeline": "facerec.engine.run",
+    "facerec.lr_find": "facerec.engine.lr_find",
+    "facerec.cli_photos": "facerec.cli.photos",
+    "facerec.cli_serve": "facerec.cli.serve",
+}
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Resolves an old module name (`facerec.api`) to its new module, once, with a DeprecationWarning."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in MOVED_MODULES:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        new = MOVED_MODULES[spec.name]
+        warnings.warn(f"{spec.name} is deprecated: import {new}", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(new)
+
+    def exec_module(self, module: ModuleType) -> None:
+        """The new module is already executed."""
+
+
+if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
+    sys.meta_path.append(_MovedModuleFinder())

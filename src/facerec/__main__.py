@@ -2,6 +2,6 @@
 
 import sys
 
-from facerec.cli import main
+from facerec.cli.main import main
 
 sys.exit(main())

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from facerec.errors import ConfigError  # noqa: F401 (re-exported)
+
 
 @dataclass
 class DataConfig:
@@ -106,10 +108,6 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema; the message lists valid keys."""
 
 
 def _known_keys(cls: type, prefix: str = "") -> list[str]:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from facerec.errors import DataError  # noqa: F401 (re-exported)
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 )
@@ -24,10 +26,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 MAX_PIXELS = 64_000_000
 _EXIF_ORIENTATION = 0x0112
 _CHUNK = 256  # images per thread-pool task in load_images
-
-
-class DataError(ValueError):
-    """The data on disk does not look as expected; the message names the file or line and says what to do."""
 
 
 @dataclass

@@ -14,11 +14,9 @@ from typing import Any
 
 import torch
 
+from facerec.errors import CheckpointError  # noqa: F401 (re-exported)
+
 FORMAT = "facerec"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt, untrusted, or not a facerec checkpoint."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -99,7 +97,7 @@ def export_inference(src: str | Path, dst: str | Path, half: bool = False) -> Pa
     `half` stores floating-point tensors as fp16 (about half the size; `FaceModel.load` casts them back).
     """
     state = load_checkpoint(src)
-    if "ensemble" in state:  # facerec.ensemble: the members are inference states already
+    if "ensemble" in state:  # facerec.inference.ensemble: the members are inference states already
         slim = dict(state, ensemble=[_halved(m) if half else m for m in state["ensemble"]])
         return save_checkpoint(slim, dst)
     slim = {k: state[k] for k in INFERENCE_KEYS if k in state}

@@ -33,11 +33,8 @@ from facerec.engine.ema import WeightAverage, optimiser_weights
 from facerec.engine.loss_scale import LossScale
 from facerec.engine.progress import Progress
 from facerec.engine.schedule import StepLR
+from facerec.errors import TrainingDiverged  # noqa: F401 (re-exported)
 from facerec.losses.base import EmbeddingLoss
-
-
-class TrainingDiverged(ValueError):
-    """Non-finite steps kept coming after every rollback. (A ValueError, so the CLI prints it as an error.)"""
 
 
 @dataclass

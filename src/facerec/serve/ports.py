@@ -1,6 +1,6 @@
 """What the service needs from a model, a gallery and an aligner: small interfaces, and adapters to facerec's.
 
-The service never imports facerec.gallery or facerec.align at module import: `load_gallery` / `load_aligner`
+The service never imports facerec.photos.gallery or facerec.photos.align at module import: `load_gallery` / `load_aligner`
 try them when the server starts, and the endpoints that need a missing part answer 501 with the reason.
 """
 
@@ -54,7 +54,7 @@ class Unavailable:
 
 
 class FacerecGallery:
-    """Adapts facerec.gallery.Gallery (a FAISS index in a folder) to the `Gallery` interface: one lock around
+    """Adapts facerec.photos.gallery.Gallery (a FAISS index in a folder) to the `Gallery` interface: one lock around
     every call (requests run in a threadpool) and a save after every change."""
 
     def __init__(self, impl: Any) -> None:
@@ -90,13 +90,13 @@ class FacerecGallery:
 
 
 def load_gallery(model: Model, folder: str | Path | None) -> Gallery | Unavailable:
-    """The facerec.gallery folder for this model (created empty if new), or Unavailable(reason)."""
+    """The facerec.photos.gallery folder for this model (created empty if new), or Unavailable(reason)."""
     if not folder:
         return Unavailable("no gallery on this server: start it with `facerec serve --gallery DIR` to enable "
                            "identify / enroll / delete")
     try:
-        from facerec import gallery as gallery_module
         from facerec.data.folder import DataError
+        from facerec.photos import gallery as gallery_module
 
         net = getattr(model, "model", None)  # a torch model: its fingerprint ties the gallery to it
         fingerprint = gallery_module.model_fingerprint(net) if isinstance(net, torch.nn.Module) else None
@@ -107,14 +107,14 @@ def load_gallery(model: Model, folder: str | Path | None) -> Gallery | Unavailab
 
 
 class FacerecAligner:
-    """Adapts facerec.align.FaceAligner (MTCNN + 5-point similarity warp): the largest face, or None."""
+    """Adapts facerec.photos.align.FaceAligner (MTCNN + 5-point similarity warp): the largest face, or None."""
 
     def __init__(self, impl: Any) -> None:
         self.impl = impl
         self.lock = threading.Lock()  # MTCNN is a torch model shared by the request threads
 
     def align(self, image: Image.Image) -> Image.Image | None:
-        from facerec.align import pick_face
+        from facerec.photos.align import pick_face
 
         with self.lock, torch.inference_mode():
             faces = self.impl.detect(image)
@@ -122,9 +122,9 @@ class FacerecAligner:
 
 
 def load_aligner(size: int) -> Aligner | Unavailable:
-    """facerec.align.FaceAligner(size) behind the `Aligner` interface, or Unavailable(reason)."""
+    """facerec.photos.align.FaceAligner(size) behind the `Aligner` interface, or Unavailable(reason)."""
     try:
-        from facerec.align import FaceAligner
+        from facerec.photos.align import FaceAligner
 
         return FacerecAligner(FaceAligner(size=size))
     except (ImportError, OSError, RuntimeError) as err:

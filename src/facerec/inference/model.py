@@ -90,17 +90,17 @@ class FaceModel(PairVerifier):
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> FaceModel:
-        """A model file or run checkpoint; an ensemble file (facerec.ensemble) gives an EnsembleFaceModel."""
+        """A model file or run checkpoint; an ensemble file (facerec.inference.ensemble) gives an EnsembleFaceModel."""
         state = load_checkpoint(path, map_location=device)
         if "ensemble" in state:
-            from facerec.ensemble import EnsembleFaceModel
+            from facerec.inference.ensemble import EnsembleFaceModel
 
             return EnsembleFaceModel.from_state(state, device)
         return cls.from_state(state, device)
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: str = "cpu") -> FaceModel:
-        from facerec.pipeline import build_loss_fn, build_model
+        from facerec.engine.run import build_loss_fn, build_model
 
         cfg = config_from_dict(state["config"])
         model = build_model(cfg)

@@ -25,8 +25,8 @@ from facerec.data.folder import DataError
 from facerec.metrics.verification import verification_report
 
 if TYPE_CHECKING:
-    from facerec.align import FaceAligner
-    from facerec.api import FaceModel
+    from facerec.inference.model import FaceModel
+    from facerec.photos.align import FaceAligner
 
 
 @dataclass
@@ -146,7 +146,7 @@ def embed_photos(fm: FaceModel, paths: list[Path], aligner: FaceAligner | None, 
     embedded as the whole image resized (LFW's photos are centred on a face); those paths are returned."""
     if aligner is None:
         return fm.embed(paths, flip=flip), []
-    from facerec.align import open_photo, pick_face
+    from facerec.photos.align import open_photo, pick_face
 
     crops, fallback = [], []
     for i, p in enumerate(paths, 1):

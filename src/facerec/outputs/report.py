@@ -1,7 +1,7 @@
 """One-page Markdown write-up of a finished (or running) training run, built only from the run folder's files.
 
 Reads RUN_DIR/config.yaml, metrics.jsonl (required), val_pair_scores.npz and model_summary.txt (optional) and
-writes RUN_DIR/report/{report.md, curves.png, roc.png, score_hist.png} (figures drawn by `facerec.report_plots`).
+writes RUN_DIR/report/{report.md, curves.png, roc.png, score_hist.png} (figures drawn by `facerec.outputs.plots`).
 Verification numbers come from `facerec.metrics.verification.verification_report`, the function validation uses,
 so the page agrees with the training log. Missing config keys and null metrics show as "?" and "—".
 """
@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 
 from facerec.metrics.verification import DEFAULT_FARS, far_key, verification_report
-from facerec.report_plots import plot_curves, plot_roc, plot_score_hist
+from facerec.outputs.plots import plot_curves, plot_roc, plot_score_hist
 
 _MAX_TABLE_ROWS = 30
 _MAX_SUMMARY_LINES = 80

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from facerec.api import FaceModel
 from facerec.data.folder import DataError
 from facerec.data.holdout import split_validation
 from facerec.data.hw2p2 import detect_layout
@@ -15,8 +14,9 @@ from facerec.data.memory import load_flat_images, load_identity_folders
 from facerec.data.pack import image_root, is_pack, read_meta
 from facerec.data.pairset import PairSet, load_pairset
 from facerec.engine.evaluate import evaluate_closed_set, evaluate_pairs, score_pairs
-from facerec.pipeline import load_train_images, train_image_root
-from facerec.submission import classification_test_ids, write_classification_csv, write_verification_csv
+from facerec.engine.run import load_train_images, train_image_root
+from facerec.inference.model import FaceModel
+from facerec.outputs.submission import classification_test_ids, write_classification_csv, write_verification_csv
 
 
 def pair_scores_for(fm: FaceModel, pairs: PairSet, scoring: str | None = None, flip: bool = True) -> torch.Tensor:

@@ -48,9 +48,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="a checkpoint, an exported .pt, or an exported .onnx")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--align", action="store_true", help="align faces in uploaded photos (facerec.align, MTCNN) "
+    p.add_argument("--align", action="store_true", help="align faces in uploaded photos (facerec.photos.align, MTCNN) "
                                                         "instead of resizing the whole photo")
-    p.add_argument("--gallery", metavar="DIR", help="gallery folder (facerec.gallery; created if new): enables "
+    p.add_argument("--gallery", metavar="DIR", help="gallery folder (facerec.photos.gallery; created if new): enables "
                                                      "identify / enroll / delete, saved after each change")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image file (default 10)")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"largest accepted width x height "
@@ -66,7 +66,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from facerec.export import compare_onnx, export_model
+    from facerec.inference.export import compare_onnx, export_model
 
     try:
         paths = export_model(args.checkpoint, args.out, half=args.half, opset=args.opset, dynamo=args.dynamo)
@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as err:
         print(f"facerec serve needs FastAPI and uvicorn ({err}); pip install 'facerec[serve]'", file=sys.stderr)
         return 1
-    from facerec.onnx_backend import load_any
+    from facerec.inference.onnx import load_any
     from facerec.serve.ports import Unavailable, load_aligner, load_gallery
     from facerec.serve.uploads import Limits
 
@@ -126,7 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     import json
 
-    from facerec.ensemble import build_ensemble
+    from facerec.inference.ensemble import build_ensemble
 
     if Path(args.out).suffix.lower() not in (".pt", ".pth"):
         raise ValueError(f"an ensemble is written as a .pt model file; end --out with .pt, not {args.out!r}")

@@ -18,8 +18,8 @@ from facerec.engine.checkpoint import load_checkpoint, save_checkpoint
 from facerec.metrics.verification import pair_scores, threshold_at_far
 
 if TYPE_CHECKING:
-    from facerec.align import FaceAligner
-    from facerec.api import FaceModel
+    from facerec.inference.model import FaceModel
+    from facerec.photos.align import FaceAligner
 
 
 def is_lfw_pair_file(path: str | Path) -> bool:
@@ -32,7 +32,7 @@ def is_lfw_pair_file(path: str | Path) -> bool:
 def score_pair_file(fm: FaceModel, pairs_file: str | Path, root: str | Path, aligner: FaceAligner | None = None,
                     flip: bool = True, log: Callable[[str], None] = print) -> tuple[np.ndarray, np.ndarray]:
     """(scores, labels) of a labelled pair file: LFW format (pairs.txt, pairsDevTest.txt) or `a b label` lines."""
-    from facerec.lfw import check_lfw_images, embed_photos, read_lfw_pairs
+    from facerec.evaluation.lfw import check_lfw_images, embed_photos, read_lfw_pairs
 
     if is_lfw_pair_file(pairs_file):
         pairs = read_lfw_pairs(pairs_file)
@@ -73,7 +73,7 @@ def calibrate(checkpoint: str | Path, pairs_file: str | Path, root: str | Path, 
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score the pairs with the checkpoint's model, choose the threshold for `far`, and write it into the
     checkpoint (or into a copy at `out`) as "threshold", "threshold_source" and "threshold_far"."""
-    from facerec.api import FaceModel
+    from facerec.inference.model import FaceModel
 
     if not 0.0 < far < 1.0:
         raise ValueError(f"--far must be between 0 and 1 (e.g. 1e-3), got {far}")

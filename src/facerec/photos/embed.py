@@ -47,7 +47,7 @@ class EmbeddingSet:
 
 def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Image files as given, and every image below each folder (hidden entries skipped), without repeats."""
-    from facerec.align import list_photos
+    from facerec.photos.align import list_photos
 
     found: list[Path] = []
     for item in inputs:
@@ -75,7 +75,7 @@ def embed_files(fm: Any, inputs: Sequence[str | Path], aligner: Any = None, flip
                 chunk: int = 2048, log: Callable[[str], None] = print) -> EmbeddingSet:
     """Embed every photo of `inputs` (files and folders) with `fm` (a FaceModel or OnnxFaceModel).
 
-    With `aligner` (facerec.align.FaceAligner) each photo's face is detected and aligned first (the largest face
+    With `aligner` (facerec.photos.align.FaceAligner) each photo's face is detected and aligned first (the largest face
     when there are several); photos without a face are skipped and listed in `no_face`. Unreadable photos are
     skipped and listed in `unreadable`. DataError when no photo could be embedded.
     """
@@ -110,7 +110,7 @@ def _aligned(batch: list[Path], aligner: Any, size: int, unreadable: list[str],
              no_face: list[str]) -> tuple[list[str], torch.Tensor]:
     from PIL import Image
 
-    from facerec.align import open_photo, pick_face
+    from facerec.photos.align import open_photo, pick_face
 
     ok, crops = [], []
     for p in batch:

@@ -38,7 +38,7 @@ def sidecar(state: dict[str, Any], opset: int) -> dict[str, Any]:
     size = cfg.data.image_size
     model = {"backbone": cfg.model.backbone, "embedding_dim": cfg.model.embedding_dim, "neck": cfg.model.neck,
              "loss": cfg.loss.name, "epoch": state.get("epoch")}
-    if "ensemble" in state:  # facerec.ensemble: the members' embeddings side by side
+    if "ensemble" in state:  # facerec.inference.ensemble: the members' embeddings side by side
         members = [config_from_dict(m["config"]).model for m in state["ensemble"]]
         model.update(backbone="ensemble: " + " + ".join(m.backbone for m in members),
                      embedding_dim=sum(m.embedding_dim for m in members), members=len(members))
@@ -66,12 +66,12 @@ def sidecar(state: dict[str, Any], opset: int) -> dict[str, Any]:
 
 
 def _embedder(state: dict[str, Any]) -> torch.nn.Module:
-    from facerec.api import _float32
     from facerec.config import config_from_dict
-    from facerec.pipeline import build_model
+    from facerec.engine.run import build_model
+    from facerec.inference.model import _float32
 
     if "ensemble" in state:
-        from facerec.ensemble import ensemble_embedder
+        from facerec.inference.ensemble import ensemble_embedder
 
         return ensemble_embedder(state["ensemble"])
     model = build_model(config_from_dict(state["config"]))

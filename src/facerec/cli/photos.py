@@ -123,19 +123,19 @@ def _log(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 def _device(args: argparse.Namespace) -> str:
-    from facerec.pipeline import resolve_device
+    from facerec.engine.run import resolve_device
 
     return str(resolve_device(args.device))
 
 
 def _aligner(args: argparse.Namespace, size: int = 64) -> Any:
-    from facerec.align import FaceAligner
+    from facerec.photos.align import FaceAligner
 
     return FaceAligner(size=size, min_score=args.min_score, device=_device(args))
 
 
 def _model(args: argparse.Namespace) -> Any:
-    from facerec.api import FaceModel
+    from facerec.inference.model import FaceModel
 
     path = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     if not path.is_file():
@@ -152,7 +152,7 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from facerec.align import align_folder
+    from facerec.photos.align import align_folder
 
     report = align_folder(args.in_dir, args.out_dir, _aligner(args, args.size), args.skip_several, args.pick,
                           args.overwrite)
@@ -171,7 +171,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.name == "folder":
         return _benchmark_folder(args)
-    from facerec.lfw import benchmark_lfw
+    from facerec.evaluation.lfw import benchmark_lfw
 
     if not args.pairs:
         raise ValueError("benchmark lfw needs --pairs (LFW's pairs.txt or pairsDevTest.txt)")
@@ -189,7 +189,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _benchmark_folder(args: argparse.Namespace) -> int:
-    from facerec.folder_benchmark import benchmark_folder
+    from facerec.evaluation.folder import benchmark_folder
 
     if args.max_pairs < 1:
         raise ValueError(f"--max-pairs must be at least 1, got {args.max_pairs}")
@@ -211,7 +211,7 @@ def _benchmark_folder(args: argparse.Namespace) -> int:
 
 
 def _photo_list(items: list[str]) -> list[Path]:
-    from facerec.align import list_photos
+    from facerec.photos.align import list_photos
 
     out: list[Path] = []
     for item in items:
@@ -222,8 +222,8 @@ def _photo_list(items: list[str]) -> list[Path]:
 
 def _embed(fm: Any, photos: list[Path], aligner: Any, flip: bool, log: Callable[[str], None]) -> tuple[Any, list]:
     """Embeddings of the photos that have a face (all of them without an aligner), and those photos."""
-    from facerec.align import load_face
     from facerec.data.folder import DataError
+    from facerec.photos.align import load_face
 
     crops, kept = [], []
     for p in photos:
@@ -237,7 +237,7 @@ def _embed(fm: Any, photos: list[Path], aligner: Any, flip: bool, log: Callable[
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     from facerec.data.folder import DataError, scan_identity_folders
-    from facerec.gallery import open_for_model
+    from facerec.photos.gallery import open_for_model
 
     if args.folder:
         index = scan_identity_folders(args.folder)
@@ -261,7 +261,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 def cmd_identify(args: argparse.Namespace) -> int:
     from facerec.data.folder import DataError
-    from facerec.gallery import identify, open_for_model
+    from facerec.photos.gallery import identify, open_for_model
 
     fm, log = _model(args), _log(args)
     gallery = open_for_model(args.gallery, fm)
@@ -287,7 +287,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 def cmd_gallery(args: argparse.Namespace) -> int:
     from facerec.data.folder import DataError
-    from facerec.gallery import Gallery
+    from facerec.photos.gallery import Gallery
 
     gallery = Gallery.open(args.gallery)
     if args.action == "list":
@@ -308,7 +308,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from facerec.calibrate import calibrate
+    from facerec.evaluation.calibrate import calibrate
 
     aligner = _aligner(args) if args.align else None
     result = calibrate(args.checkpoint, args.pairs, args.root, args.far, args.out, aligner, not args.no_flip,
@@ -328,7 +328,7 @@ def _any_model(args: argparse.Namespace) -> Any:
 
 
 def _embed_inputs(args: argparse.Namespace) -> Any:
-    from facerec.embeddings import embed_files
+    from facerec.photos.embed import embed_files
 
     fm = _any_model(args)
     aligner = _aligner(args, fm.image_size) if args.align else None
@@ -344,7 +344,7 @@ def _skipped(es: Any, log: Callable[[str], None]) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from facerec.embeddings import save_embeddings
+    from facerec.photos.embed import save_embeddings
 
     es = _embed_inputs(args)
     out = save_embeddings(es, args.out)
@@ -359,15 +359,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from facerec.cluster import (
+    from facerec.data.folder import DataError
+    from facerec.photos.cluster import (
         cluster_embeddings,
         cluster_summary,
         clustering_scores,
         copy_into_folders,
         write_clusters_csv,
     )
-    from facerec.data.folder import DataError
-    from facerec.embeddings import is_embedding_file, load_embeddings
+    from facerec.photos.embed import is_embedding_file, load_embeddings
 
     log = _log(args)
     if len(args.inputs) == 1 and is_embedding_file(args.inputs[0]):

@@ -26,8 +26,7 @@ from facerec.data.folder import DataError
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.pack import is_pack
 from facerec.engine.fit import epoch_batches
-from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
-from facerec.pipeline import (
+from facerec.engine.run import (
     Log,
     build_loss_fn,
     build_model,
@@ -37,6 +36,7 @@ from facerec.pipeline import (
     resolve_device,
     use_channels_last,
 )
+from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
 
 
 @dataclass
@@ -165,7 +165,7 @@ def find_lr(cfg: Config, start: float = 1e-5, end: float = 10.0, steps: int = 10
 
 def write_outputs(result: LRFindResult, out: str | Path) -> list[Path]:
     """OUT/lr_find.csv (lr, loss, smoothed loss per step) and OUT/lr_find.png (the curve, suggestion marked)."""
-    from facerec.report_plots import plot_lr_find
+    from facerec.outputs.plots import plot_lr_find
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facerec.api import ImageLike, PairVerifier
 from facerec.data.folder import DataError, load_image
-from facerec.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, SIDECAR_FORMAT, sidecar_path
+from facerec.inference.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, SIDECAR_FORMAT, sidecar_path
+from facerec.inference.model import ImageLike, PairVerifier
 
 
 def images_to_uint8(images: Sequence[ImageLike] | torch.Tensor, size: int) -> torch.Tensor:
@@ -112,6 +112,6 @@ def load_any(path: str | Path, device: str = "cpu") -> Any:
     """`.onnx` -> OnnxFaceModel; anything else -> api.FaceModel (what `facerec.load` can delegate to)."""
     if Path(path).suffix.lower() == ".onnx":
         return OnnxFaceModel(path)
-    from facerec.api import FaceModel
+    from facerec.inference.model import FaceModel
 
     return FaceModel.load(path, device=device)

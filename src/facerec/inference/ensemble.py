@@ -24,13 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from facerec.api import FaceModel, ImageLike
 from facerec.config import config_from_dict, config_to_dict
 from facerec.engine.checkpoint import INFERENCE_KEYS, load_checkpoint, save_checkpoint
-
-
-class EnsembleError(ValueError):
-    pass
+from facerec.errors import EnsembleError  # noqa: F401 (re-exported)
+from facerec.inference.model import FaceModel, ImageLike
 
 
 class EnsembleEmbedder(nn.Module):
@@ -52,8 +49,8 @@ class EnsembleEmbedder(nn.Module):
 
 def ensemble_embedder(states: Sequence[dict[str, Any]]) -> EnsembleEmbedder:
     """The network of an ensemble file's member states (fp16 weights are computed in fp32)."""
-    from facerec.api import _float32
-    from facerec.pipeline import build_model
+    from facerec.engine.run import build_model
+    from facerec.inference.model import _float32
 
     nets = []
     for s in states:
@@ -137,7 +134,7 @@ def build_ensemble(checkpoints: Sequence[str | Path], out: str | Path, data: str
     result: dict[str, Any] = {"members": [], "ensemble": {}}
     threshold, source = member_thresholds_combined(members), "derived from the members' thresholds (not tuned)"
     if data is not None:
-        from facerec.inference import evaluate_dataset
+        from facerec.evaluation.datasets import evaluate_dataset
 
         for c, m in zip(checkpoints, members):
             result["members"].append({"checkpoint": str(c), **evaluate_dataset(m, data, log=log)})

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from facerec.align import FaceAligner
-from facerec.api import PairVerifier
 from facerec.data.folder import DataError, scan_identity_folders
-from facerec.lfw import embed_photos
+from facerec.evaluation.lfw import embed_photos
+from facerec.inference.model import PairVerifier
 from facerec.metrics.verification import pair_scores, score_matrix, verification_report
+from facerec.photos.align import FaceAligner
 
 
 def pair_indices(labels: np.ndarray, max_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, bool]:

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_pack(sub)
     _add_misc(sub)
-    from facerec import cli_photos, cli_serve
+    from facerec.cli import photos as cli_photos
+    from facerec.cli import serve as cli_serve
 
     cli_photos.add_parsers(sub)
     cli_serve.add_parsers(sub)
@@ -105,14 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _device(name: str) -> str:
-    from facerec.pipeline import resolve_device
+    from facerec.engine.run import resolve_device
 
     return str(resolve_device(name))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from facerec.config import config_yaml, load_config, recipe_conflicts, recipe_path
-    from facerec.pipeline import resume_config, train
+    from facerec.engine.run import resume_config, train
 
     overrides = list(args.overrides)
     if args.data:
@@ -154,8 +155,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from facerec.api import FaceModel
-    from facerec.inference import evaluate_dataset, evaluate_pair_file
+    from facerec.evaluation.datasets import evaluate_dataset, evaluate_pair_file
+    from facerec.inference.model import FaceModel
 
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     fm = FaceModel.load(args.checkpoint, device=_device(args.device))
@@ -177,8 +178,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from facerec.api import FaceModel
-    from facerec.inference import write_submissions
+    from facerec.evaluation.datasets import write_submissions
+    from facerec.inference.model import FaceModel
 
     fm = FaceModel.load(args.checkpoint, device=_device(args.device))
     write_submissions(fm, args.data, args.out, flip=not args.no_flip)
@@ -193,20 +194,20 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from facerec.report import write_report
+    from facerec.outputs.report import write_report
 
     print(write_report(args.run_dir))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from facerec.api import FaceModel
+    from facerec.inference.model import FaceModel
 
     fm = FaceModel.load(args.checkpoint)
     thr = args.threshold if args.threshold is not None else fm.threshold
     a, b = args.image_a, args.image_b
     if args.align:  # raw photos: detect, then align to the training framing
-        from facerec.align import FaceAligner, load_faces
+        from facerec.photos.align import FaceAligner, load_faces
 
         a, b = load_faces([a, b], FaceAligner())
     score = fm.score(a, b)
@@ -226,7 +227,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from facerec.registry import BACKBONES, LOSSES
 
     if args.what == "recipes":
-        for p in sorted((Path(__file__).parent / "recipes").glob("*.yaml")):
+        for p in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
             first = p.read_text().splitlines()[0].lstrip("# ") if p.read_text() else ""
             print(f"{p.stem:<20} {first}")
         return 0
@@ -242,7 +243,8 @@ COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from facerec import cli_photos, cli_serve
+    from facerec.cli import photos as cli_photos
+    from facerec.cli import serve as cli_serve
 
     COMMANDS.update(cli_photos.COMMANDS)
     COMMANDS.update(cli_serve.COMMANDS)

@@ -2,7 +2,7 @@
 
 Uses matplotlib's object API on an Agg canvas, imported inside the functions: no pyplot state, no global backend
 switch (so an interactive session's backend is left alone) and no display needed. Inputs are plain Python /
-NumPy values read from a run folder by `facerec.report`.
+NumPy values read from a run folder by `facerec.outputs.report`.
 """
 
 from __future__ import annotations
