@@ -41,8 +41,10 @@ def cpu_model() -> str:
 def hardware(device: torch.device) -> str:
     """One line: CPU model, cores, torch threads, load average, GPU."""
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    text = (f"{cpu_model()}, nproc {os.cpu_count()}, torch {torch.__version__} with {torch.get_num_threads()} "
-            f"threads, load average {load}")
+    text = (
+        f"{cpu_model()}, nproc {os.cpu_count()}, torch {torch.__version__} with {torch.get_num_threads()} "
+        f"threads, load average {load}"
+    )
     if device.type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(device)}"
     return text
@@ -53,8 +55,9 @@ def decoded_images(root: Path, image_size: int, pack: str | None) -> tuple[Image
     if pack or is_pack(root):
         return open_pack(pack or root, image_size, log=lambda m: None), f"pack {pack or root}"
     t0, messages = time.perf_counter(), []
-    images = load_identity_folders(train_dir(root), image_size, num_workers=os.cpu_count() or 2,
-                                   log=messages.append)
+    images = load_identity_folders(
+        train_dir(root), image_size, num_workers=os.cpu_count() or 2, log=messages.append
+    )
     how = "read from the decoded-image cache" if any("cache" in m for m in messages) else "decoded"
     return images, f"{how} in {time.perf_counter() - t0:.1f}s (once per dataset, not per epoch)"
 

@@ -29,8 +29,9 @@ from facerec.data.folder import load_images
 
 
 def student(data: ImageFolder, idx: list[int], batch: int, size: int) -> tuple[float, float]:
-    data.transform = T.Compose([T.Resize((size, size)), T.RandomHorizontalFlip(), T.ToTensor(),
-                                T.Normalize([0.5] * 3, [0.5] * 3)])
+    data.transform = T.Compose(
+        [T.Resize((size, size)), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)]
+    )
     loader = DataLoader(Subset(data, idx), batch, shuffle=True, num_workers=0)
     with Timer() as t:
         n = sum(x.shape[0] for x, _ in loader)
@@ -69,13 +70,17 @@ def main() -> None:
     flip = packed(images, args.batch_size, "flip")
     standard = packed(images, args.batch_size, "standard")
     print(f"{'path':<46} {'img/CPU-s':>10} {'img/s wall':>11}")
-    for label, (cpu, wall) in [("student: ImageFolder + PIL + ToTensor (flip)", s),
-                               ("one-off decode into the array (facerec pack)", decode),
-                               ("packed: index + to_input + flip", flip),
-                               ("packed: index + to_input + standard augment", standard)]:
+    for label, (cpu, wall) in [
+        ("student: ImageFolder + PIL + ToTensor (flip)", s),
+        ("one-off decode into the array (facerec pack)", decode),
+        ("packed: index + to_input + flip", flip),
+        ("packed: index + to_input + standard augment", standard),
+    ]:
         print(f"{label:<46} {cpu:>10.0f} {wall:>11.0f}")
-    print(f"ratio packed / student, images per CPU-second: {flip[0] / s[0]:.1f}x (flip), "
-          f"{standard[0] / s[0]:.1f}x (standard augmentation)")
+    print(
+        f"ratio packed / student, images per CPU-second: {flip[0] / s[0]:.1f}x (flip), "
+        f"{standard[0] / s[0]:.1f}x (standard augmentation)"
+    )
 
 
 if __name__ == "__main__":

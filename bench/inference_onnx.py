@@ -1,4 +1,4 @@
-"""Embeddings/s on the CPU: PyTorch (facerec.inference.model.FaceModel) vs ONNX Runtime (facerec.inference.onnx.OnnxFaceModel).
+"""Embeddings/s on the CPU: PyTorch (inference.model.FaceModel) vs ONNX Runtime (inference.onnx.OnnxFaceModel).
 
 Same model (random weights: speed does not depend on them), same uint8 batches, same thread count, both through
 their public `embed` (preprocessing included; flip TTA off: with it, both do two passes). Each rate is the median
@@ -32,8 +32,14 @@ from facerec.inference.onnx import OnnxFaceModel
 def checkpoint(folder: Path, backbone: str, image_size: int) -> Path:
     cfg = config_from_dict({"model": {"backbone": backbone}, "data": {"image_size": image_size}})
     model, loss_fn = build_model(cfg), build_loss_fn(cfg, 10)
-    state = {"config": config_to_dict(cfg), "classes": [str(i) for i in range(10)], "model": model.state_dict(),
-             "loss": loss_fn.state_dict(), "scoring": "cosine", "threshold": 0.3}
+    state = {
+        "config": config_to_dict(cfg),
+        "classes": [str(i) for i in range(10)],
+        "model": model.state_dict(),
+        "loss": loss_fn.state_dict(),
+        "scoring": "cosine",
+        "threshold": 0.3,
+    }
     return save_checkpoint(state, folder / f"{backbone}.pt")
 
 
@@ -64,14 +70,19 @@ def main() -> None:
         args.image_size = int(load_checkpoint(args.checkpoint)["config"]["data"]["image_size"])
     import onnxruntime
 
-    print(f"cpu: {hardware(torch.device('cpu'))}; onnxruntime {onnxruntime.__version__} with {args.threads} "
-          f"threads; {args.images} images of {args.image_size}x{args.image_size}, batch {args.batch_size}, "
-          f"median of {args.repeats}")
+    print(
+        f"cpu: {hardware(torch.device('cpu'))}; onnxruntime {onnxruntime.__version__} with {args.threads} "
+        f"threads; {args.images} images of {args.image_size}x{args.image_size}, batch {args.batch_size}, "
+        f"median of {args.repeats}"
+    )
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (args.images, args.image_size, args.image_size, 3), dtype=torch.uint8,
-                           generator=g)
-    print(f"{'model':<12} {'torch emb/s':>12} {'ort emb/s':>10} {'torch /cpu-s':>13} {'ort /cpu-s':>11} "
-          f"{'max rel diff':>13} {'ratio':>6}")
+    images = torch.randint(
+        0, 256, (args.images, args.image_size, args.image_size, 3), dtype=torch.uint8, generator=g
+    )
+    print(
+        f"{'model':<12} {'torch emb/s':>12} {'ort emb/s':>10} {'torch /cpu-s':>13} {'ort /cpu-s':>11} "
+        f"{'max rel diff':>13} {'ratio':>6}"
+    )
     ratios = []
     names = [Path(args.checkpoint).name] if args.checkpoint else args.models.split(",")
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,10 +94,15 @@ def main() -> None:
             o_wall, o_cpu, o_out = rate(ort_model, images, args.batch_size, args.repeats)
             diff = float((o_out - t_out).abs().max() / t_out.abs().max())
             ratios.append((o_wall / t_wall, o_cpu / t_cpu))
-            print(f"{name:<12} {t_wall:>12.1f} {o_wall:>10.1f} {t_cpu:>13.1f} {o_cpu:>11.1f} {diff:>13.1e} "
-                  f"{ratios[-1][0]:>5.2f}x", flush=True)
-    print("ratio ONNX Runtime / PyTorch: " + ", ".join(
-        f"{n} {c:.2f}x per CPU-second, {w:.2f}x wall-clock" for n, (w, c) in zip(names, ratios)))
+            print(
+                f"{name:<12} {t_wall:>12.1f} {o_wall:>10.1f} {t_cpu:>13.1f} {o_cpu:>11.1f} {diff:>13.1e} "
+                f"{ratios[-1][0]:>5.2f}x",
+                flush=True,
+            )
+    print(
+        "ratio ONNX Runtime / PyTorch: "
+        + ", ".join(f"{n} {c:.2f}x per CPU-second, {w:.2f}x wall-clock" for n, (w, c) in zip(names, ratios))
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def main() -> None:
     cl = use_channels_last("auto", device)
     torch.manual_seed(0)
     model = FaceEmbedder(args.model, 256, image_size=args.image_size).to(
-        device, memory_format=torch.channels_last if cl else torch.contiguous_format)
+        device, memory_format=torch.channels_last if cl else torch.contiguous_format
+    )
     loss_fn = build_combined_loss([("softmax", 1.0, {})], embedding_dim=256, num_classes=args.classes).to(device)
     opt = build_optimizer(model, loss_fn, "sgd", 0.01, 5e-4)
     train_model = torch.compile(model) if args.compile else model  # compiled during the warm-up steps
@@ -75,8 +76,18 @@ def main() -> None:
     opts = StepOptions(device, amp=resolve_amp(args.amp, device), channels_last=cl, log_every=10**9)
 
     def run(steps: int) -> None:  # one StepOptions throughout: fp16's loss scale carries over from the warm-up
-        train_one_epoch(train_model, loss_fn, batches, steps, opt, schedule, 0, get_preset("standard"), aug_gen,
-                        dataclasses.replace(opts, max_steps=steps))
+        train_one_epoch(
+            train_model,
+            loss_fn,
+            batches,
+            steps,
+            opt,
+            schedule,
+            0,
+            get_preset("standard"),
+            aug_gen,
+            dataclasses.replace(opts, max_steps=steps),
+        )
 
     run(args.warmup)
     sync(device)
@@ -95,13 +106,18 @@ def main() -> None:
     flops = train_flops_per_image(args.model, args.image_size)
     rate = args.batch_size / wall
     mode = f"{'compiled' if args.compile else 'eager'} {resolve_amp(args.amp, device)}"
-    print(f"{args.model} {mode}, batch {args.batch_size}: {wall * 1e3:.1f} ms/step, {rate:,.0f} img/s unprofiled; "
-          f"{flops / 1e9:.1f} GFLOP/img (train) -> {flops * rate / 1e12:.0f} TFLOP/s")
+    print(
+        f"{args.model} {mode}, batch {args.batch_size}: {wall * 1e3:.1f} ms/step, {rate:,.0f} img/s unprofiled; "
+        f"{flops / 1e9:.1f} GFLOP/img (train) -> {flops * rate / 1e12:.0f} TFLOP/s"
+    )
     if cuda:
         from torch.autograd import DeviceType
 
-        own = [getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-               for e in events if e.device_type == DeviceType.CPU]  # kernel time counted once, at its op
+        own = [
+            getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            for e in events
+            if e.device_type == DeviceType.CPU
+        ]  # kernel time counted once, at its op
         busy = sum(own) / 1e6 / args.steps  # us -> s per step
         print(f"device busy {busy * 1e3:.1f} ms per step = {busy / wall:.0%} of the unprofiled step")
 

@@ -93,8 +93,10 @@ def wait_ready(client, url: str, proc: subprocess.Popen, timeout: float = 600.0)
 def load(url: str, images: list[tuple[str, bytes]], concurrency: int, duration: float, max_requests: int):
     import httpx
 
-    files = {"image_a": (images[0][0], images[0][1], "image/jpeg"),
-             "image_b": (images[1][0], images[1][1], "image/jpeg")}
+    files = {
+        "image_a": (images[0][0], images[0][1], "image/jpeg"),
+        "image_b": (images[1][0], images[1][1], "image/jpeg"),
+    }
     statuses: collections.Counter = collections.Counter()
     latencies: list[float] = []
     lock = threading.Lock()
@@ -167,13 +169,17 @@ def main() -> None:
     ms = np.percentile(np.array(lat) * 1000, [50, 95, 99]) if lat else [float("nan")] * 3
     print(f"cpu: {hardware(torch.device('cpu'))}")
     what = args.checkpoint or "facenet_s (random weights)"
-    print(f"served {what} with {'ONNX Runtime' if args.onnx else 'PyTorch'}"
-          f"; {args.concurrency} concurrent clients for {wall:.1f}s; each request uploads two JPEGs "
-          f"({len(images[0][1])} + {len(images[1][1])} bytes)")
+    print(
+        f"served {what} with {'ONNX Runtime' if args.onnx else 'PyTorch'}"
+        f"; {args.concurrency} concurrent clients for {wall:.1f}s; each request uploads two JPEGs "
+        f"({len(images[0][1])} + {len(images[1][1])} bytes)"
+    )
     print(f"requests {sum(statuses.values())}, ok {ok}, errors {sum(errors.values())} {dict(errors) or ''}")
     print(f"latency ms p50 {ms[0]:.1f} p95 {ms[1]:.1f} p99 {ms[2]:.1f}")
-    print(f"server CPU {server_cpu:.1f}s over {wall:.1f}s wall: {ok / max(server_cpu, 1e-9):.1f} requests per "
-          "server CPU-second (less distorted by other load on the machine than requests/s)")
+    print(
+        f"server CPU {server_cpu:.1f}s over {wall:.1f}s wall: {ok / max(server_cpu, 1e-9):.1f} requests per "
+        "server CPU-second (less distorted by other load on the machine than requests/s)"
+    )
     print(f"throughput {ok / wall:.1f} verify requests/s ({2 * ok / wall:.1f} images/s)")
 
 

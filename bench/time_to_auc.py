@@ -40,8 +40,10 @@ def describe(run: Path) -> dict[float, float | None]:
     epochs = [r for r in records if r.get("event") == "epoch"]
     aucs = [(r["val_auc"], r["epoch"]) for r in epochs if r.get("val_auc") is not None]
     done = "finished" if any(r.get("event") == "end" for r in records) else "unfinished"
-    print(f"{run}: {len(epochs)} epochs ({done}) on {start.get('device', '?')}, world size "
-          f"{start.get('world_size', 1)}, {start.get('num_train_images', '?')} training images")
+    print(
+        f"{run}: {len(epochs)} epochs ({done}) on {start.get('device', '?')}, world size "
+        f"{start.get('world_size', 1)}, {start.get('num_train_images', '?')} training images"
+    )
     out: dict[float, float | None] = {}
     for target in TARGETS:
         hit = time_to(records, target)

@@ -44,8 +44,9 @@ from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
 
 
-def _parts(recipe: Config | None, model_name: str, classes: int, size: int, device: torch.device,
-           channels_last: bool):
+def _parts(
+    recipe: Config | None, model_name: str, classes: int, size: int, device: torch.device, channels_last: bool
+):
     """Model, loss and optimiser, the same for both sides: `recipe`'s model and loss (--recipe), else 256-d +
     softmax."""
     torch.manual_seed(0)
@@ -62,13 +63,26 @@ def _parts(recipe: Config | None, model_name: str, classes: int, size: int, devi
 
 def student(args: argparse.Namespace, model_name: str, device: torch.device) -> tuple[float, float]:
     """images/s of the ImageFolder + DataLoader + fp32 loop."""
-    tf = T.Compose([T.Resize((args.image_size, args.image_size)), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize([0.5] * 3, [0.5] * 3)])
+    tf = T.Compose(
+        [
+            T.Resize((args.image_size, args.image_size)),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )
     data = ImageFolder(str(train_dir(data_root(args.data))), transform=tf)
-    loader = DataLoader(data, args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True,
-                        pin_memory=device.type == "cuda")
-    model, loss_fn, opt = _parts(args.recipe_cfg, model_name, len(data.classes), args.image_size, device,
-                                 channels_last=False)
+    loader = DataLoader(
+        data,
+        args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+    )
+    model, loss_fn, opt = _parts(
+        args.recipe_cfg, model_name, len(data.classes), args.image_size, device, channels_last=False
+    )
     model.train()
 
     def epochs():  # epoch after epoch, as a training script's loop does (workers restart each epoch)
@@ -95,8 +109,9 @@ def student(args: argparse.Namespace, model_name: str, device: torch.device) -> 
     return t.rates(args.steps * args.batch_size)
 
 
-def ours(args: argparse.Namespace, model_name: str, device: torch.device, images: ImageSet,
-         compile: bool = False) -> tuple[float, float]:
+def ours(
+    args: argparse.Namespace, model_name: str, device: torch.device, images: ImageSet, compile: bool = False
+) -> tuple[float, float]:
     """images/s of facerec's training step on the decoded uint8 tensor, batches as `facerec train` makes them."""
     cl = use_channels_last("auto", device)
     model, loss_fn, opt = _parts(args.recipe_cfg, model_name, len(images.classes), args.image_size, device, cl)
@@ -116,8 +131,18 @@ def ours(args: argparse.Namespace, model_name: str, device: torch.device, images
     preset = get_preset(args.recipe_cfg.data.augment if args.recipe_cfg is not None else "standard")
 
     def run(n: int) -> None:  # one StepOptions throughout: fp16's loss scale carries over from the warm-up
-        train_one_epoch(train_model, loss_fn, stream, n, opt, schedule, 0, preset, aug_gen,
-                        dataclasses.replace(opts, max_steps=n))
+        train_one_epoch(
+            train_model,
+            loss_fn,
+            stream,
+            n,
+            opt,
+            schedule,
+            0,
+            preset,
+            aug_gen,
+            dataclasses.replace(opts, max_steps=n),
+        )
 
     if args.warmup:
         run(args.warmup)  # with --compile, the compilation happens here
@@ -140,10 +165,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: 1 on CPU, torch's default on CUDA)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="facerec's train.amp")
-    p.add_argument("--recipe", help="take embedding size, dropout, neck, loss and augmentation from this recipe "
-                   "(e.g. gpu_resnet34; default: 256-d, softmax, standard augmentation)")
-    p.add_argument("--compile", default="", metavar="MODELS",
-                   help="also time facerec under torch.compile for these models (comma-separated, or all)")
+    p.add_argument(
+        "--recipe",
+        help="take embedding size, dropout, neck, loss and augmentation from this recipe "
+        "(e.g. gpu_resnet34; default: 256-d, softmax, standard augmentation)",
+    )
+    p.add_argument(
+        "--compile",
+        default="",
+        metavar="MODELS",
+        help="also time facerec under torch.compile for these models (comma-separated, or all)",
+    )
     args = p.parse_args()
     args.recipe_cfg = load_config(recipe_path(args.recipe)) if args.recipe else None
     device = device_from(args.device)
@@ -160,9 +192,11 @@ def main() -> None:
     if device.type == "cuda":
         images = images_on_gpu(images, device, log=lambda m: None)
     print(f"device {device}: {hardware(device)}")
-    print(f"facerec images: {source}; batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; "
-          f"student DataLoader workers {args.workers}; facerec channels_last {use_channels_last('auto', device)}, "
-          f"autocast {resolve_amp(args.amp, device)}")
+    print(
+        f"facerec images: {source}; batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; "
+        f"student DataLoader workers {args.workers}; facerec channels_last {use_channels_last('auto', device)}, "
+        f"autocast {resolve_amp(args.amp, device)}"
+    )
     unit = "img/CPU-s" if per_cpu else "img/s"
     k = 0 if per_cpu else 1
     compiled = set(args.models.split(",")) if args.compile == "all" else set(filter(None, args.compile.split(",")))
@@ -180,6 +214,7 @@ def main() -> None:
         print(f"{name:<10} {s[k]:>16.1f} {o[k]:>16.1f}{col} {ratios[-1]:>6.2f}x   ({wall})", flush=True)
     gmean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
     print(f"ratio facerec / student, {unit} (geometric mean over {len(ratios)} models): {gmean:.2f}x")
+
 
 if __name__ == "__main__":
     main()

@@ -65,8 +65,25 @@ def test_calibrate_cli_on_lfw_pairs_in_place(shared_data, tmp_path_factory, tmp_
     ckpt = tmp_path / "model.pt"
     shutil.copy(tiny_checkpoint(tmp_path_factory), ckpt)
     capsys.readouterr()
-    assert run_cli(["calibrate", "--checkpoint", str(ckpt), "--pairs", str(lfw / "verify_pairs.txt"),
-                    "--root", str(lfw / "verify"), "--far", "0.05", "--json", "--device", "cpu"]) == 0
+    assert (
+        run_cli(
+            [
+                "calibrate",
+                "--checkpoint",
+                str(ckpt),
+                "--pairs",
+                str(lfw / "verify_pairs.txt"),
+                "--root",
+                str(lfw / "verify"),
+                "--far",
+                "0.05",
+                "--json",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     r = json.loads(capsys.readouterr().out)
     assert r["n_pairs"] == 100 and r["n_different"] == 50 and r["far"] <= 0.05
     assert load_checkpoint(ckpt)["threshold"] == pytest.approx(r["threshold"])

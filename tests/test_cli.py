@@ -102,8 +102,10 @@ def test_resume_reproduces_uninterrupted_run(hw2p2_dir: Path, tmp_path: Path, ca
     # a recipe other than the run's does not replace its config half-way: a warning, and the run's own config
     assert main(["train", "--out", str(cut), "--resume", "--config", "cpu", "train.time_limit_min=0"]) == 0
     err = capsys.readouterr().err
-    assert "warning: --config cpu sets model.backbone, model.neck, model.embedding_dim, loss.name, loss.params, " \
+    assert (
+        "warning: --config cpu sets model.backbone, model.neck, model.embedding_dim, loss.name, loss.params, "
         "optim.lr, optim.warmup_epochs, train.epochs other than the run being resumed" in err
+    )
     a = [r for r in read_metrics(full) if r["event"] == "epoch"]
     b = [r for r in read_metrics(cut) if r["event"] == "epoch"]
     assert [r["epoch"] for r in b] == [1, 2, 3]
@@ -152,9 +154,7 @@ def test_compiled_training_matches_eager(hw2p2_dir: Path, tmp_path: Path, cache,
     assert main(["train", "--out", str(tmp_path / "eager"), *args]) == 0
     with dynamo.config.patch(suppress_errors=False):  # train() sets it; the patch restores it afterwards
         assert main(["train", "--out", str(tmp_path / "compiled"), *args, "train.compile=true"]) == 0
-    a, b = (
-        [r for r in read_metrics(tmp_path / run) if r["event"] == "epoch"] for run in ("eager", "compiled")
-    )
+    a, b = ([r for r in read_metrics(tmp_path / run) if r["event"] == "epoch"] for run in ("eager", "compiled"))
     assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-4)
     saved = torch.load(tmp_path / "compiled" / "best.pt", weights_only=True)["model"]
     assert not any(k.startswith("_orig_mod") for k in saved)  # the plain model's names
@@ -177,9 +177,7 @@ def test_a_backend_that_cannot_compile_falls_back_to_eager(hw2p2_dir: Path, tmp_
     assert main(["train", "--out", str(tmp_path / "eager"), *args]) == 0
     with dynamo.config.patch(suppress_errors=False):  # as in a fresh process; restored afterwards
         assert main(["train", "--out", str(tmp_path / "fallback"), *args, "train.compile=true"]) == 0
-    a, b = (
-        [r for r in read_metrics(tmp_path / run) if r["event"] == "epoch"] for run in ("eager", "fallback")
-    )
+    a, b = ([r for r in read_metrics(tmp_path / run) if r["event"] == "epoch"] for run in ("eager", "fallback"))
     assert b[0]["train_loss"] == pytest.approx(a[0]["train_loss"], rel=1e-4)
 
 

@@ -1,4 +1,4 @@
-"""`facerec cluster` / facerec.photos.cluster: agglomerative clustering of face embeddings by the model's scoring."""
+"""`facerec cluster` / photos.cluster: agglomerative clustering of face embeddings by the model's scoring."""
 
 from __future__ import annotations
 
@@ -122,12 +122,20 @@ def test_csv_and_folder_copies(tmp_path):
     out = write_clusters_csv([str(p) for p in srcs], labels, tmp_path / "c" / "clusters.csv")
     rows = list(csv.DictReader(out.open()))
     assert [(Path(r["path"]).relative_to(tmp_path).as_posix(), r["cluster"], r["cluster_size"]) for r in rows] == [
-        ("a/0.jpg", "0", "3"), ("a/2.jpg", "0", "3"), ("b/0.jpg", "0", "3"), ("a/1.jpg", "1", "1"),
-        ("b/1.jpg", "2", "1")]
+        ("a/0.jpg", "0", "3"),
+        ("a/2.jpg", "0", "3"),
+        ("b/0.jpg", "0", "3"),
+        ("a/1.jpg", "1", "1"),
+        ("b/1.jpg", "2", "1"),
+    ]
     folders = copy_into_folders([str(p) for p in srcs], labels, tmp_path / "sorted")
     assert sorted(p.relative_to(folders).as_posix() for p in folders.rglob("*.jpg")) == [
-        "cluster_0001/0.jpg", "cluster_0001/0_1.jpg", "cluster_0001/2.jpg", "singletons/1.jpg",
-        "singletons/1_1.jpg"]
+        "cluster_0001/0.jpg",
+        "cluster_0001/0_1.jpg",
+        "cluster_0001/2.jpg",
+        "singletons/1.jpg",
+        "singletons/1_1.jpg",
+    ]
     assert (folders / "cluster_0001" / "0_1.jpg").read_bytes() == srcs[3].read_bytes()
     with pytest.raises(DataError, match="is not empty"):
         copy_into_folders([str(p) for p in srcs], labels, folders)
@@ -147,8 +155,21 @@ def test_cli_cluster_from_an_embedding_file(tmp_path, capsys):
     assert r["pair_f1"] == 1.0 and r["identities"] == 3
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 12 and {r["cluster_size"] for r in rows} == {"4"}
-    assert run_cli(["cluster", str(tmp_path / "e.npz"), "--out", str(out), "--threshold", "0.9999",
-                    "--linkage", "complete"]) == 0
+    assert (
+        run_cli(
+            [
+                "cluster",
+                str(tmp_path / "e.npz"),
+                "--out",
+                str(out),
+                "--threshold",
+                "0.9999",
+                "--linkage",
+                "complete",
+            ]
+        )
+        == 0
+    )
     assert "0 clusters of 2 or more (largest 1) and 12 single photos" in capsys.readouterr().out
     save_embeddings(EmbeddingSet(x, paths), tmp_path / "e.csv")  # a CSV stores no threshold
     with pytest.raises(DataError, match="pass --threshold"):
@@ -161,8 +182,22 @@ def test_cli_cluster_photos_with_a_model(tmp_path, capsys):
     photos(root / "ann", 3, seed=1)
     photos(root / "bob", 3, seed=2)
     out = tmp_path / "c.csv"
-    assert run_cli(["cluster", str(root), "--checkpoint", str(ckpt), "--out", str(out), "--folders",
-                    str(tmp_path / "sorted"), "--json"]) == 0
+    assert (
+        run_cli(
+            [
+                "cluster",
+                str(root),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--folders",
+                str(tmp_path / "sorted"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     r = json.loads(capsys.readouterr().out)
     es = embed_files(facerec.load(ckpt), [root], log=lambda m: None)
     expected = cluster_embeddings(es.embeddings, "cosine", 0.3)
@@ -184,6 +219,7 @@ def test_lfw_tiny_people_are_grouped(shared_data):
 
     fm = facerec.load(ckpt)
     es = embed_files(fm, [shared_data / "lfw_tiny" / "classify"], FaceAligner(), log=lambda m: None)
-    s = clustering_scores(cluster_embeddings(es.embeddings, fm.scoring, fm.threshold),
-                          [Path(p).parent.name for p in es.paths])
+    s = clustering_scores(
+        cluster_embeddings(es.embeddings, fm.scoring, fm.threshold), [Path(p).parent.name for p in es.paths]
+    )
     assert s["identities"] == 10 and s["ari"] > 0.6 and s["pair_precision"] > 0.6 and s["pair_recall"] > 0.6

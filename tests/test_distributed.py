@@ -61,6 +61,7 @@ def test_gather_loss_is_the_inner_loss_in_one_process(batch):
 
 # --- two gloo processes vs one, without BatchNorm: exact up to round-off ---------------------------------------
 
+
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return torch.randn(48, 12, generator=g), torch.arange(12).repeat_interleave(4)
@@ -70,8 +71,9 @@ def _parts() -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
     """A BatchNorm-free embedder, a loss with its own parameters (ArcFace) plus a whole-batch loss (triplet)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8))
-    loss = build_combined_loss([("arcface", 1.0, {"scale": 8.0}), ("triplet", 1.0, {})], embedding_dim=8,
-                               num_classes=12)
+    loss = build_combined_loss(
+        [("arcface", 1.0, {"scale": 8.0}), ("triplet", 1.0, {})], embedding_dim=8, num_classes=12
+    )
     opt = torch.optim.SGD(list(model.parameters()) + list(loss.parameters()), lr=0.1, momentum=0.9)
     return model, loss, opt
 
@@ -103,8 +105,9 @@ def _worker(rank: int, init_file: str, out: str) -> None:
 
 def test_two_processes_match_one_process_without_batchnorm(tmp_path: Path):
     # fork: the children start in milliseconds with torch already imported (as DataLoader workers do)
-    mp.start_processes(_worker, args=(str(tmp_path / "init"), str(tmp_path / "result")), nprocs=WORLD,
-                       start_method="fork")
+    mp.start_processes(
+        _worker, args=(str(tmp_path / "init"), str(tmp_path / "result")), nprocs=WORLD, start_method="fork"
+    )
     model, loss, opt = _parts()
     ref_losses = _train(model, loss, opt, PKBatchSampler(_data()[1], p=4, k=2))
     for rank in range(WORLD):
@@ -117,22 +120,46 @@ def test_two_processes_match_one_process_without_batchnorm(tmp_path: Path):
 
 # --- the CLI under torchrun vs one process -----------------------------------------------------------------------
 
-ARGS = ["model.backbone=tiny_cnn", "model.embedding_dim=32", "data.image_size=16", "data.batch_size=64",
-        "data.augment=none", "optim.lr=0.01", "optim.warmup_epochs=0", "train.epochs=2", "train.device=cpu",
-        "train.log_every=1", "train.ema=0.5"]  # with a weight average, kept by rank 0 alone
+ARGS = [
+    "model.backbone=tiny_cnn",
+    "model.embedding_dim=32",
+    "data.image_size=16",
+    "data.batch_size=64",
+    "data.augment=none",
+    "optim.lr=0.01",
+    "optim.warmup_epochs=0",
+    "train.epochs=2",
+    "train.device=cpu",
+    "train.log_every=1",
+    "train.ema=0.5",
+]  # with a weight average, kept by rank 0 alone
 
 
 def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
     """The trainable weights as one vector (BatchNorm running statistics left out)."""
-    return torch.cat([v.flatten() for k, v in sorted(state.items())
-                      if v.is_floating_point() and "running" not in k])
+    return torch.cat(
+        [v.flatten() for k, v in sorted(state.items()) if v.is_floating_point() and "running" not in k]
+    )
 
 
 def test_torchrun_cli_matches_single_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     data = make_hw2p2(tmp_path / "hw", n_ids=8, per_id=16)  # 128 images: 2 steps of 64 per epoch
     env = {**os.environ, "FACEREC_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-           "-m", "facerec", "train", "--data", str(data), "--out", str(tmp_path / "ddp"), *ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD}",
+        "-m",
+        "facerec",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "ddp"),
+        *ARGS,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("== epoch 1/2 done") == 1  # rank 0 alone prints
@@ -153,9 +180,17 @@ def test_torchrun_cli_matches_single_process(tmp_path: Path, monkeypatch: pytest
         step_ddp, step_one = w_ddp - w_init, w_one - w_init
         cosine = float(torch.nn.functional.cosine_similarity(step_ddp, step_one, dim=0))
         ratio = float(step_ddp.norm() / step_one.norm())
-        print(json.dumps({"weights": key, "cosine": cosine, "length_ratio": ratio,
-                          "loss_ddp": [r["train_loss"] for r in ddp[1:3]],
-                          "loss_one": [r["train_loss"] for r in one[1:3]]}))
+        print(
+            json.dumps(
+                {
+                    "weights": key,
+                    "cosine": cosine,
+                    "length_ratio": ratio,
+                    "loss_ddp": [r["train_loss"] for r in ddp[1:3]],
+                    "loss_one": [r["train_loss"] for r in one[1:3]],
+                }
+            )
+        )
         assert cosine > 0.9 and 0.75 < ratio < 1.25  # same direction, same length; BatchNorm accounts for the rest
     best = load_checkpoint(tmp_path / "ddp" / "best.pt")
     assert set(best["model"]) == set(load_checkpoint(tmp_path / "one" / "best.pt")["model"])  # no "module." prefix

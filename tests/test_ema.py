@@ -83,8 +83,9 @@ def test_a_decay_outside_0_1_is_a_clear_error(decay):
 
 def test_training_with_ema_validates_and_saves_the_average(hw2p2_dir: Path, tmp_path: Path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(hw2p2_dir), "--out", str(run), "train.epochs=3", "train.ema=0.8",
-                 *TINY]) == 0
+    assert (
+        main(["train", "--data", str(hw2p2_dir), "--out", str(run), "train.epochs=3", "train.ema=0.8", *TINY]) == 0
+    )
     assert "weight average (EMA, decay 0.8" in capsys.readouterr().out
     last = load_checkpoint(run / "last.pt")
     assert last["ema"]["updates"] == last["global_step"] > 0
@@ -120,8 +121,9 @@ def test_resume_continues_the_average(hw2p2_dir: Path, tmp_path: Path):
         assert all(torch.allclose(wa[part][k].float(), wb[part][k].float(), atol=1e-5) for k in wa[part]), part
 
 
-def test_early_stop_ends_the_run_after_epochs_without_improvement(hw2p2_dir: Path, tmp_path: Path,
-                                                                   monkeypatch, capsys):
+def test_early_stop_ends_the_run_after_epochs_without_improvement(
+    hw2p2_dir: Path, tmp_path: Path, monkeypatch, capsys
+):
     """Scripted val AUCs: best at epoch 2, then three epochs without a better one: the run stops after epoch 5,
     and best.pt is epoch 2's."""
     import facerec.engine.fit as fit_module
@@ -129,8 +131,10 @@ def test_early_stop_ends_the_run_after_epochs_without_improvement(hw2p2_dir: Pat
     aucs = iter([0.5, 0.7, 0.6, 0.65, 0.69, 0.95, 0.96, 0.97])
     monkeypatch.setattr(fit_module, "validate", lambda parts: ({"val_auc": next(aucs)}, None))
     run = tmp_path / "run"
-    assert main(["train", "--data", str(hw2p2_dir), "--out", str(run), "train.epochs=8", "train.early_stop=3",
-                 *TINY]) == 0
+    assert (
+        main(["train", "--data", str(hw2p2_dir), "--out", str(run), "train.epochs=8", "train.early_stop=3", *TINY])
+        == 0
+    )
     assert "early stop after epoch 5: no better val_auc for 3 epochs (best at epoch 2)" in capsys.readouterr().out
     records = read_metrics(run)
     assert [r["epoch"] for r in records if r["event"] == "epoch"] == [1, 2, 3, 4, 5]
@@ -138,8 +142,11 @@ def test_early_stop_ends_the_run_after_epochs_without_improvement(hw2p2_dir: Pat
     assert records[-1]["event"] == "end" and records[-1]["best_epoch"] == 2
     assert load_checkpoint(run / "best.pt")["epoch"] == 2
     assert main(["report", str(run)]) == 0
-    assert "5 run of 8 planned; early stop after 3 epochs without a better val_auc" in \
-        (run / "report" / "report.md").read_text()
-    assert main(["train", "--data", str(hw2p2_dir), "--out", str(tmp_path / "x"), "train.early_stop=-1",
-                 *TINY]) == 1
+    assert (
+        "5 run of 8 planned; early stop after 3 epochs without a better val_auc"
+        in (run / "report" / "report.md").read_text()
+    )
+    assert (
+        main(["train", "--data", str(hw2p2_dir), "--out", str(tmp_path / "x"), "train.early_stop=-1", *TINY]) == 1
+    )
     assert "train.early_stop=-1" in capsys.readouterr().err

@@ -49,8 +49,9 @@ def test_unreadable_photos_are_skipped_and_listed(model_and_photos):
     assert len(es) == 5 and sorted(Path(p).name for p in es.unreadable) == ["broken.jpg", "empty.png"]
     assert not any("broken" in p for p in es.paths)
     with pytest.raises(DataError, match="none of the 2 photos could be embedded"):
-        embed_files(facerec.load(ckpt), [root / "bob" / "broken.jpg", root / "bob" / "empty.png"],
-                    log=lambda m: None)
+        embed_files(
+            facerec.load(ckpt), [root / "bob" / "broken.jpg", root / "bob" / "empty.png"], log=lambda m: None
+        )
 
 
 def test_inputs_that_are_missing_or_hold_no_images(tmp_path):
@@ -65,8 +66,12 @@ def test_inputs_that_are_missing_or_hold_no_images(tmp_path):
 @pytest.mark.parametrize("suffix", [".npz", ".csv"])
 def test_file_round_trip(tmp_path, suffix):
     rng = np.random.default_rng(0)
-    es = EmbeddingSet(rng.normal(size=(4, 3)).astype(np.float32), ["a.jpg", "dir/b c.jpg", "é.png", "d,e.jpg"],
-                      "euclidean", -1.25)
+    es = EmbeddingSet(
+        rng.normal(size=(4, 3)).astype(np.float32),
+        ["a.jpg", "dir/b c.jpg", "é.png", "d,e.jpg"],
+        "euclidean",
+        -1.25,
+    )
     back = load_embeddings(save_embeddings(es, tmp_path / "sub" / f"e{suffix}"))
     assert back.paths == es.paths
     np.testing.assert_array_equal(back.embeddings, es.embeddings)  # repr() of a float32 round-trips exactly
@@ -112,15 +117,24 @@ def test_cli_embed_json_and_file(model_and_photos, tmp_path, capsys):
     assert result["embedded"] == 5 and result["dim"] == 16 and result["out"] == str(out)
     assert [Path(p).name for p in result["unreadable"]] == ["broken.jpg"]
     es = load_embeddings(out)
-    np.testing.assert_allclose(es.embeddings, facerec.load(ckpt).embed([Path(p) for p in es.paths]).numpy(),
-                               rtol=1e-5, atol=1e-6)
-    assert run_cli(["embed", str(root / "ann"), "--out", str(tmp_path / "e.csv"), "--checkpoint", str(ckpt),
-                    "--no-flip"]) == 0
+    np.testing.assert_allclose(
+        es.embeddings, facerec.load(ckpt).embed([Path(p) for p in es.paths]).numpy(), rtol=1e-5, atol=1e-6
+    )
+    assert (
+        run_cli(
+            ["embed", str(root / "ann"), "--out", str(tmp_path / "e.csv"), "--checkpoint", str(ckpt), "--no-flip"]
+        )
+        == 0
+    )
     assert "3 embeddings (16-d, cosine scoring)" in capsys.readouterr().out
     back = load_embeddings(tmp_path / "e.csv")
     assert back.paths == es.paths[:3]
-    np.testing.assert_allclose(back.embeddings, facerec.load(ckpt).embed([Path(p) for p in back.paths],
-                                                                         flip=False).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        back.embeddings,
+        facerec.load(ckpt).embed([Path(p) for p in back.paths], flip=False).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_onnx_export_embeds_like_the_checkpoint(model_and_photos, tmp_path):

@@ -1,4 +1,4 @@
-"""`facerec ensemble` / facerec.inference.ensemble: several models as one model file, usable wherever a checkpoint is."""
+"""`facerec ensemble` / inference.ensemble: several models as one model file, usable wherever a checkpoint is."""
 
 from __future__ import annotations
 
@@ -58,16 +58,19 @@ def test_ensemble_cosine_is_the_mean_of_the_members_cosines(three, tmp_path):
 
 
 def test_euclidean_ensemble_distance_is_the_rms_of_the_members(tmp_path):
-    paths = [make_tiny_checkpoint(tmp_path / f"e{i}.pt", threshold=-(1.0 + i), seed=i, scoring="euclidean")
-             for i in range(2)]
+    paths = [
+        make_tiny_checkpoint(tmp_path / f"e{i}.pt", threshold=-(1.0 + i), seed=i, scoring="euclidean")
+        for i in range(2)
+    ]
     build_ensemble(paths, tmp_path / "ens.pt", log=lambda m: None)
     ens = facerec.load(tmp_path / "ens.pt")
     assert ens.scoring == "euclidean" and ens.threshold == pytest.approx(-math.sqrt((1 + 4) / 2))
     x = _images(4, seed=1)
     e = ens.embed(x, flip=False)
     d = [(m.embed(x, flip=False)[:2] - m.embed(x, flip=False)[2:]).norm(dim=1) for m in map(facerec.load, paths)]
-    torch.testing.assert_close((e[:2] - e[2:]).norm(dim=1), ((d[0] ** 2 + d[1] ** 2) / 2).sqrt(), rtol=1e-5,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        (e[:2] - e[2:]).norm(dim=1), ((d[0] ** 2 + d[1] ** 2) / 2).sqrt(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_class_scores_are_the_normalised_geometric_mean(three, tmp_path):
@@ -128,12 +131,15 @@ def test_cli_with_data_tunes_the_threshold_and_predicts(tmp_path, capsys):
 
 def test_export_and_errors(three, tmp_path, capsys):
     build_ensemble(three, tmp_path / "ens.pt", log=lambda m: None)
-    assert main(["export", "--checkpoint", str(tmp_path / "ens.pt"), "--out", str(tmp_path / "half.pt"),
-                 "--half"]) == 0
+    assert (
+        main(["export", "--checkpoint", str(tmp_path / "ens.pt"), "--out", str(tmp_path / "half.pt"), "--half"])
+        == 0
+    )
     state = load_checkpoint(tmp_path / "half.pt")
     assert len(state["ensemble"]) == 3
-    assert all(v.dtype == torch.float16 for m in state["ensemble"] for v in m["model"].values()
-               if v.is_floating_point())
+    assert all(
+        v.dtype == torch.float16 for m in state["ensemble"] for v in m["model"].values() if v.is_floating_point()
+    )
     x = _images(2, seed=3)
     half, full = facerec.load(tmp_path / "half.pt"), facerec.load(tmp_path / "ens.pt")
     torch.testing.assert_close(half.embed(x), full.embed(x), rtol=1e-2, atol=1e-2)

@@ -19,12 +19,19 @@ from facerec.inference.model import FaceModel
 CLASSES = ["1", "4", "7"]
 
 
-def make_tiny_checkpoint(path: Path, image_size: int = 32, threshold: float | None = 0.3, seed: int = 0,
-                         classes: list[str] = CLASSES, scoring: str = "cosine") -> Path:
+def make_tiny_checkpoint(
+    path: Path,
+    image_size: int = 32,
+    threshold: float | None = 0.3,
+    seed: int = 0,
+    classes: list[str] = CLASSES,
+    scoring: str = "cosine",
+) -> Path:
     """A tiny_cnn checkpoint with random weights AND random BatchNorm statistics (so eval-mode BN matters)."""
     torch.manual_seed(seed)
-    cfg = config_from_dict({"model": {"backbone": "tiny_cnn", "embedding_dim": 16},
-                            "data": {"image_size": image_size}})
+    cfg = config_from_dict(
+        {"model": {"backbone": "tiny_cnn", "embedding_dim": 16}, "data": {"image_size": image_size}}
+    )
     model, loss_fn = build_model(cfg), build_loss_fn(cfg, len(classes))
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
@@ -32,9 +39,16 @@ def make_tiny_checkpoint(path: Path, image_size: int = 32, threshold: float | No
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
-    state = {"config": config_to_dict(cfg), "classes": classes, "epoch": 1, "model": model.state_dict(),
-             "loss": loss_fn.state_dict(), "scoring": scoring, "threshold": threshold,
-             "optimizer": {"dummy": torch.zeros(3)}}
+    state = {
+        "config": config_to_dict(cfg),
+        "classes": classes,
+        "epoch": 1,
+        "model": model.state_dict(),
+        "loss": loss_fn.state_dict(),
+        "scoring": scoring,
+        "threshold": threshold,
+        "optimizer": {"dummy": torch.zeros(3)},
+    }
     return save_checkpoint(state, path)
 
 

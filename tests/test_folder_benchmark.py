@@ -53,8 +53,10 @@ def test_leave_one_out_identification_against_brute_force(metric: str) -> None:
     hits = {1: 0, 2: 0}
     probes = [p for p in range(len(labels)) if (labels == labels[p]).sum() > 1]
     for p in probes:
-        others = sorted((q for q in range(len(labels)) if q != p),
-                        key=lambda q: -float(pair_scores(emb[p : p + 1], emb[q : q + 1], metric)))
+        others = sorted(
+            (q for q in range(len(labels)) if q != p),
+            key=lambda q: -float(pair_scores(emb[p : p + 1], emb[q : q + 1], metric)),
+        )
         for k in hits:
             hits[k] += any(labels[q] == labels[p] for q in others[:k])
     assert r["n_probes"] == len(probes) == 9
@@ -73,8 +75,21 @@ def test_cli_folder_benchmark_agrees_with_evaluate_on_an_all_pairs_file(tmp_path
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
     lines = [f"{a} {b} {int(a.split('/')[0] == b.split('/')[0])}" for a, b in itertools.combinations(files, 2)]
     (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--pairs", str(tmp_path / "pairs.txt"), "--root",
-                 str(root), "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ckpt),
+                "--pairs",
+                str(tmp_path / "pairs.txt"),
+                "--root",
+                str(root),
+                "--json",
+            ]
+        )
+        == 0
+    )
     ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["auc"] == pytest.approx(ref["auc"], abs=1e-6) and r["eer"] == pytest.approx(ref["eer"], abs=1e-6)
     assert 0.0 <= r["rank1"] <= r["rank5"] <= 1.0 and r["n_probes"] == 16

@@ -96,8 +96,24 @@ def test_cli_enroll_identify_list_remove(tmp_path_factory, face_dir, capsys):
     capsys.readouterr()
     assert run_cli(["gallery", "list", "--gallery", gal]) == 0
     assert "3 people, 14 photos" in capsys.readouterr().out
-    assert run_cli(["identify", str(photos[0]), "--gallery", gal, "--checkpoint", ckpt, "--k", "2",
-                    "--threshold", "2", "--json"]) == 0
+    assert (
+        run_cli(
+            [
+                "identify",
+                str(photos[0]),
+                "--gallery",
+                gal,
+                "--checkpoint",
+                ckpt,
+                "--k",
+                "2",
+                "--threshold",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     r = json.loads(capsys.readouterr().out)
     assert r["name"] == "unknown" and len(r["matches"]) == 2 and r["score"] == pytest.approx(1.0, abs=1e-4)
     assert run_cli(["gallery", "remove", "alice", "--gallery", gal]) == 0

@@ -70,9 +70,19 @@ def test_training_step_never_waits_for_the_gpu(terms, grad_clip: float, amp: str
     batches = epoch_batches(train, sampler, torch.Generator().manual_seed(0), dev)
     opts = StepOptions(dev, amp=amp, channels_last=True, grad_clip=grad_clip, log_every=10**9)
     average = WeightAverage({"model": model, "loss": loss_fn}, ema) if ema else None
-    result = train_one_epoch(model, loss_fn, _no_sync_after_first(batches), len(sampler), optimizer,
-                             LRSchedule(0.05, 1, len(sampler)), 0, get_preset("standard"),
-                             torch.Generator(device=dev).manual_seed(0), opts, ema=average)
+    result = train_one_epoch(
+        model,
+        loss_fn,
+        _no_sync_after_first(batches),
+        len(sampler),
+        optimizer,
+        LRSchedule(0.05, 1, len(sampler)),
+        0,
+        get_preset("standard"),
+        torch.Generator(device=dev).manual_seed(0),
+        opts,
+        ema=average,
+    )
     overflows = result.get("overflow_steps", 0)  # fp16: the first steps may overflow the starting loss scale
     assert result["steps"] == len(sampler) - overflows and result["skipped_steps"] == 0
     assert result["images"] == n - 32 * overflows and math.isfinite(result["train_loss"])
@@ -83,8 +93,12 @@ def test_cudnn_runs_batchnorm_under_fp16_but_not_bf16() -> None:
     """Why train.amp=fp16 exists (engine/loss_scale.py): PyTorch hands BatchNorm to cuDNN for fp16 inputs with fp32
     weights, and to its own kernels for bf16 inputs."""
     dev = torch.device("cuda")
-    w, b, mean, var = (torch.ones(64, device=dev), torch.zeros(64, device=dev), torch.zeros(64, device=dev),
-                       torch.ones(64, device=dev))
+    w, b, mean, var = (
+        torch.ones(64, device=dev),
+        torch.zeros(64, device=dev),
+        torch.zeros(64, device=dev),
+        torch.ones(64, device=dev),
+    )
     backends = {}
     for dtype in (torch.float16, torch.bfloat16):
         x = torch.randn(8, 64, 16, 16, device=dev, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -104,8 +118,18 @@ def test_a_non_finite_step_is_skipped_on_the_gpu_without_a_sync() -> None:
     x = torch.randint(0, 256, (4, 16, 16, 16, 3), dtype=torch.uint8, device=dev)
     y = (torch.arange(64, device=dev) % CLASSES).view(4, 16)
     batches = iter(list(zip(x, y, strict=True)))
-    result = train_one_epoch(model, loss_fn, _no_sync_after_first(batches), 4, optimizer, LRSchedule(0.05, 1, 4),
-                             0, get_preset("none"), torch.Generator(device=dev).manual_seed(0), StepOptions(dev))
+    result = train_one_epoch(
+        model,
+        loss_fn,
+        _no_sync_after_first(batches),
+        4,
+        optimizer,
+        LRSchedule(0.05, 1, 4),
+        0,
+        get_preset("none"),
+        torch.Generator(device=dev).manual_seed(0),
+        StepOptions(dev),
+    )
     assert result["skipped_steps"] == 4 and result["steps"] == 0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 

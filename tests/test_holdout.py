@@ -122,8 +122,23 @@ def cache(tmp_path, monkeypatch):
 def test_training_a_plain_folder_with_holdout_reports_val_auc_and_accuracy(tmp_path: Path, cache, capsys):
     people = make_identity_folder(tmp_path / "people", [f"person_{i:02d}" for i in range(12)], 8)
     run = tmp_path / "run"
-    assert main(["train", "--data", str(people), "--out", str(run), "train.epochs=2", "data.holdout=0.25",
-                 "data.holdout_pairs=60", "data.val_per_class=2", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(people),
+                "--out",
+                str(run),
+                "train.epochs=2",
+                "data.holdout=0.25",
+                "data.holdout_pairs=60",
+                "data.val_per_class=2",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     log = capsys.readouterr().out
     assert "held out 3 identities (24 images)" in log
     epochs = [r for r in read_metrics(run) if r.get("event") == "epoch"]
@@ -138,15 +153,30 @@ def test_training_a_plain_folder_with_holdout_reports_val_auc_and_accuracy(tmp_p
         assert load_image(people / name, 16) is not None
     # the pair file scores the best checkpoint to the AUC recorded for its epoch
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--pairs", str(run / "holdout_pairs.txt"),
-                 "--root", str(people), "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run / "best.pt"),
+                "--pairs",
+                str(run / "holdout_pairs.txt"),
+                "--root",
+                str(people),
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert np.isclose(result["auc"], best["metrics"]["val_auc"], atol=1e-6)
     capsys.readouterr()  # evaluating on the training folder rebuilds the split: the recorded val metrics again
     assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(people), "--json"]) == 0
     captured = capsys.readouterr()
-    assert "scoring what its run held out (seed 0): 18 val images (2 per identity) and 60 pairs of 3 held-out" \
+    assert (
+        "scoring what its run held out (seed 0): 18 val images (2 per identity) and 60 pairs of 3 held-out"
         in captured.err
+    )
     result = json.loads(captured.out)
     assert result["n_images"] == 18
     assert np.isclose(result["accuracy"], best["metrics"]["val_acc"], atol=1e-6)
@@ -173,8 +203,16 @@ def test_a_folder_without_validation_data_gets_a_hint(tmp_path: Path, cache, cap
 def test_resume_keeps_the_same_held_out_split(tmp_path: Path, cache):
     people = make_identity_folder(tmp_path / "people", [f"p{i}" for i in range(10)], 6)
     run = tmp_path / "run"
-    args = ["--data", str(people), "--out", str(run), "data.holdout=0.3", "data.val_per_class=1", "train.seed=4",
-            *TINY]
+    args = [
+        "--data",
+        str(people),
+        "--out",
+        str(run),
+        "data.holdout=0.3",
+        "data.val_per_class=1",
+        "train.seed=4",
+        *TINY,
+    ]
     assert main(["train", *args, "train.epochs=1"]) == 0
     first_pairs = (run / "holdout_pairs.txt").read_text()
     first_classes = load_checkpoint(run / "last.pt")["classes"]
@@ -193,8 +231,23 @@ def test_a_run_from_a_pack_holds_out_and_evaluates_like_one_from_folders(tmp_pat
     pack = tmp_path / "pack"
     assert main(["pack", str(people), str(pack), "--image-size", "16"]) == 0
     run = tmp_path / "run"
-    assert main(["train", "--data", str(pack), "--out", str(run), "train.epochs=1", "data.holdout=0.25",
-                 "data.holdout_pairs=20", "data.val_per_class=1", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(pack),
+                "--out",
+                str(run),
+                "train.epochs=1",
+                "data.holdout=0.25",
+                "data.holdout_pairs=20",
+                "data.val_per_class=1",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     pairs = read_pairs(run / "holdout_pairs.txt")
     assert all((people / name).is_file() for name in pairs.a + pairs.b)
     recorded = load_checkpoint(run / "best.pt")["metrics"]

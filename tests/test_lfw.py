@@ -38,9 +38,20 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
         root = make_identity_folder(tmp_path_factory.mktemp("tiny_faces"), [f"p{i}" for i in range(6)], 6)
         os.environ.setdefault("FACEREC_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-        cfg = load_config(None, [f"data.root={root}", "model.backbone=tiny_cnn", "model.embedding_dim=32",
-                                 "data.image_size=16", "data.batch_size=12", "train.epochs=1", "train.threads=1",
-                                 "optim.warmup_epochs=0", "data.num_workers=0"])
+        cfg = load_config(
+            None,
+            [
+                f"data.root={root}",
+                "model.backbone=tiny_cnn",
+                "model.embedding_dim=32",
+                "data.image_size=16",
+                "data.batch_size=12",
+                "train.epochs=1",
+                "train.threads=1",
+                "optim.warmup_epochs=0",
+                "data.num_workers=0",
+            ],
+        )
         train(cfg, run, log=lambda m: None)
     return run / "best.pt"
 
@@ -80,13 +91,16 @@ def test_parses_devtest_header_as_one_fold(tmp_path):
     assert pairs.n_folds == 1 and set(pairs.folds.tolist()) == {0} and pairs.labels.tolist() == [1, 1, 0, 0]
 
 
-@pytest.mark.parametrize("lines, message", [
-    (["x y"], "header"),
-    (["2", "A 1 2", "B 1 2", "C 1 D 1"], "promises"),
-    (["1", "A 1 B 2", "C 1 D 1"], ":2: expected a matched"),
-    (["1", "A 1 2", "C 1 2"], ":3: expected a mismatched"),
-    (["1", "A one 2", "C 1 D 2"], "not an integer"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["x y"], "header"),
+        (["2", "A 1 2", "B 1 2", "C 1 D 1"], "promises"),
+        (["1", "A 1 B 2", "C 1 D 1"], ":2: expected a matched"),
+        (["1", "A 1 2", "C 1 2"], ":3: expected a mismatched"),
+        (["1", "A one 2", "C 1 D 2"], "not an integer"),
+    ],
+)
 def test_bad_pair_files_name_the_line(tmp_path, lines, message):
     with pytest.raises(DataError, match=message):
         read_lfw_pairs(_write(tmp_path / "bad.txt", lines))

@@ -70,17 +70,20 @@ def test_amp_settings():
         StepOptions(cpu, amp="half")
 
 
-@pytest.mark.parametrize(("setting", "device", "has_bf16", "expected"), [
-    ("fp16", "cpu", True, "warning: train.amp=fp16 is for CUDA GPUs"),
-    ("fp16", "cpu", False, "warning: train.amp=fp16 is for CUDA GPUs"),
-    ("bf16", "cpu", False, "warning: train.amp=bf16 on a CPU without bf16 matrix instructions"),
-    ("bf16", "cpu", True, None),  # the fast path: nothing to say
-    ("auto", "cpu", True, "hint: this CPU has bf16 matrix instructions"),
-    ("auto", "cpu", False, None),  # fp32, the right choice there
-    ("off", "cpu", True, None),  # the user's explicit choice
-    ("fp16", "cuda", False, None),  # on a GPU every setting is sound
-    ("bf16", "cuda", False, None),
-])
+@pytest.mark.parametrize(
+    ("setting", "device", "has_bf16", "expected"),
+    [
+        ("fp16", "cpu", True, "warning: train.amp=fp16 is for CUDA GPUs"),
+        ("fp16", "cpu", False, "warning: train.amp=fp16 is for CUDA GPUs"),
+        ("bf16", "cpu", False, "warning: train.amp=bf16 on a CPU without bf16 matrix instructions"),
+        ("bf16", "cpu", True, None),  # the fast path: nothing to say
+        ("auto", "cpu", True, "hint: this CPU has bf16 matrix instructions"),
+        ("auto", "cpu", False, None),  # fp32, the right choice there
+        ("off", "cpu", True, None),  # the user's explicit choice
+        ("fp16", "cuda", False, None),  # on a GPU every setting is sound
+        ("bf16", "cuda", False, None),
+    ],
+)
 def test_amp_advice_on_cpus_with_and_without_bf16_instructions(setting, device, has_bf16, expected):
     advice = amp_advice(setting, torch.device(device), has_bf16)
     assert advice == expected if expected is None else advice.startswith(expected)
@@ -103,8 +106,18 @@ def test_fp16_step_matches_a_gradscaler_loop():
     opt = build_optimizer(model, loss_fn, "sgd", lr, 0.0)  # fused
     scale = LossScale("cpu", init, growth_interval=interval)
     opts = StepOptions(torch.device("cpu"), amp="fp16", loss_scale=scale)
-    result = train_one_epoch(model, loss_fn, iter(batches), steps, opt, LRSchedule(lr, 1, steps, "constant"), 0,
-                             get_preset("none"), torch.Generator(), opts)
+    result = train_one_epoch(
+        model,
+        loss_fn,
+        iter(batches),
+        steps,
+        opt,
+        LRSchedule(lr, 1, steps, "constant"),
+        0,
+        get_preset("none"),
+        torch.Generator(),
+        opts,
+    )
 
     params = list(ref_model.parameters()) + list(ref_loss.parameters())
     ref_opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, foreach=True)
@@ -145,8 +158,18 @@ def test_under_fp16_a_nan_loss_is_a_fault_and_nan_gradients_back_off_the_scale()
 
     def epoch(steps: int, opts: StepOptions) -> dict:
         schedule = LRSchedule(0.01, 1, steps, "constant")
-        return train_one_epoch(model, loss_fn, iter([(images, labels)] * steps), steps, opt, schedule, 0,
-                               get_preset("none"), torch.Generator(), opts)
+        return train_one_epoch(
+            model,
+            loss_fn,
+            iter([(images, labels)] * steps),
+            steps,
+            opt,
+            schedule,
+            0,
+            get_preset("none"),
+            torch.Generator(),
+            opts,
+        )
 
     r = epoch(6, opts)
     # scale 2 -> 1 (NaN loss: a fault) -> 0.5 (NaN gradients at scale 1: a fault) -> 0.25 (the same at 0.5)
@@ -174,5 +197,6 @@ def test_fp16_training_resumes_with_its_loss_scale(hw2p2_dir: Path, tmp_path: Pa
     a, b = ([r for r in read_metrics(run) if r["event"] == "epoch"] for run in (full, cut))
     assert a[0]["overflow_steps"] >= 1 and saved["scale"] == a[0]["loss_scale"] < 2.0**18
     assert [(r["overflow_steps"], r["loss_scale"], r["steps"]) for r in b] == [
-        (r["overflow_steps"], r["loss_scale"], r["steps"]) for r in a]
+        (r["overflow_steps"], r["loss_scale"], r["steps"]) for r in a
+    ]
     assert b[1]["train_loss"] == pytest.approx(a[1]["train_loss"], rel=1e-4)

@@ -16,8 +16,6 @@ from loss_reference import unit as _unit
 NAMES = LOSSES.names()
 
 
-
-
 # ---------------------------------------------------------------- tier (b): every registered loss
 
 

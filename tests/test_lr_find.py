@@ -21,8 +21,9 @@ def test_sweep_is_log_spaced_from_start_to_end():
     assert sweep.lr_at(100) == pytest.approx(1.0)  # past the end it stays at the end
 
 
-@pytest.mark.parametrize("start, end, steps", [(0.0, 1.0, 10), (1.0, 0.1, 10), (1e-3, math.inf, 10),
-                                               (1e-3, 1.0, 4)])
+@pytest.mark.parametrize(
+    "start, end, steps", [(0.0, 1.0, 10), (1.0, 0.1, 10), (1e-3, math.inf, 10), (1e-3, 1.0, 4)]
+)
 def test_bad_ranges_are_clear_errors(start, end, steps):
     with pytest.raises(ValueError, match="start < end|at least 5 steps"):
         GeometricSweep(start, end, steps)
@@ -51,8 +52,26 @@ def test_the_lowest_loss_and_the_steepest_descent_of_a_known_curve():
 def test_cli_writes_the_curve_and_suggests_a_rate(hw2p2_dir: Path, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "lr"
-    assert main(["lr-find", "--data", str(hw2p2_dir), "--out", str(out), "--steps", "40", "--start", "1e-4",
-                 "--end", "1e4", *TINY, "train.threads=1"]) == 0
+    assert (
+        main(
+            [
+                "lr-find",
+                "--data",
+                str(hw2p2_dir),
+                "--out",
+                str(out),
+                "--steps",
+                "40",
+                "--start",
+                "1e-4",
+                "--end",
+                "1e4",
+                *TINY,
+                "train.threads=1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     rows = list(csv.DictReader((out / "lr_find.csv").open()))
     lrs = [float(r["lr"]) for r in rows]
@@ -66,8 +85,9 @@ def test_cli_writes_the_curve_and_suggests_a_rate(hw2p2_dir: Path, tmp_path: Pat
     value = float(line.split("=")[1].split()[0])
     assert value == pytest.approx(lowest_loss(lrs, smoothed), rel=1e-2)
     assert value == pytest.approx(lrs[int(np.argmin(smoothed))], rel=1e-2) and 1e-4 <= value <= 1e4
-    assert main(["lr-find", "--data", str(hw2p2_dir), "--out", str(out), "--start", "1", "--end", "0.1",
-                 *TINY]) == 1
+    assert (
+        main(["lr-find", "--data", str(hw2p2_dir), "--out", str(out), "--start", "1", "--end", "0.1", *TINY]) == 1
+    )
     assert "0 < start < end" in capsys.readouterr().err
     assert main(["lr-find", "--out", str(out), *TINY]) == 1  # no dataset
     assert "no dataset given: pass --data DIR" in capsys.readouterr().err
@@ -78,8 +98,9 @@ def test_python_api_runs_the_same_test(hw2p2_dir: Path, tmp_path: Path, monkeypa
 
     monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
     overrides = {k: v for k, v in (t.split("=", 1) for t in TINY)}
-    result = facerec.find_lr(hw2p2_dir, overrides={**overrides, "train.threads": 1}, start=1e-4, end=1e4,
-                             steps=40, out=tmp_path / "lr")
+    result = facerec.find_lr(
+        hw2p2_dir, overrides={**overrides, "train.threads": 1}, start=1e-4, end=1e4, steps=40, out=tmp_path / "lr"
+    )
     assert result.stopped_at is not None and len(result.lrs) == len(result.losses) < 40
     assert result.suggestion == lowest_loss(result.lrs, result.smoothed)
     assert (tmp_path / "lr" / "lr_find.csv").read_text().count("\n") == len(result.lrs) + 1

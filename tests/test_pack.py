@@ -16,8 +16,15 @@ from facerec.data.memory import ImageSet
 from facerec.data.pack import is_pack, open_pack, pack_dataset, subset
 from facerec.engine.progress import read_metrics
 
-TINY = ["model.backbone=tiny_cnn", "model.embedding_dim=32", "data.image_size=16", "data.batch_size=16",
-        "optim.warmup_epochs=0", "train.epochs=1", "data.augment=none"]
+TINY = [
+    "model.backbone=tiny_cnn",
+    "model.embedding_dim=32",
+    "data.image_size=16",
+    "data.batch_size=16",
+    "optim.warmup_epochs=0",
+    "train.epochs=1",
+    "data.augment=none",
+]
 
 
 def test_pack_keeps_order_labels_and_reports_bad_images(tmp_path: Path):
@@ -50,15 +57,20 @@ def test_pack_refuses_existing_folder_and_wrong_image_size(tmp_path: Path):
 
 
 def test_subset_takes_first_classes_and_images():
-    images = ImageSet(torch.arange(9).view(9, 1, 1, 1).to(torch.uint8), torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]),
-                      ["a", "b", "c"], [str(i) for i in range(9)])
+    images = ImageSet(
+        torch.arange(9).view(9, 1, 1, 1).to(torch.uint8),
+        torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]),
+        ["a", "b", "c"],
+        [str(i) for i in range(9)],
+    )
     small = subset(images, max_per_class=2, max_classes=2)
     assert small.labels.tolist() == [0, 0, 1, 1] and small.classes == ["a", "b"]
     assert small.images.flatten().tolist() == [0, 1, 3, 4] and small.paths == ["0", "1", "3", "4"]
 
 
-def test_training_from_a_pack_equals_training_from_the_folders(hw2p2_dir: Path, tmp_path: Path, monkeypatch,
-                                                                capsys):
+def test_training_from_a_pack_equals_training_from_the_folders(
+    hw2p2_dir: Path, tmp_path: Path, monkeypatch, capsys
+):
     monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
     assert main(["pack", str(hw2p2_dir), str(tmp_path / "pack"), "--image-size", "16"]) == 0
     assert "packed 96 images of 12 identities" in capsys.readouterr().out
@@ -77,7 +89,20 @@ def test_pack_without_source_uses_data_val_and_pairs(hw2p2_dir: Path, tmp_path: 
     (tmp_path / "pack" / "meta.json").write_text(json.dumps({**meta, "source": str(tmp_path / "moved")}))
     val = hw2p2_dir / "classification_data" / "val_data"
     pairs = hw2p2_dir / "verification_pairs_val.txt"
-    assert main(["train", "--data", str(tmp_path / "pack"), "--out", str(tmp_path / "run"), *TINY,
-                 f"data.val={val}", f"data.pairs={pairs}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "pack"),
+                "--out",
+                str(tmp_path / "run"),
+                *TINY,
+                f"data.val={val}",
+                f"data.pairs={pairs}",
+            ]
+        )
+        == 0
+    )
     epoch = next(r for r in read_metrics(tmp_path / "run") if r["event"] == "epoch")
     assert "val_acc" in epoch and "val_auc" in epoch

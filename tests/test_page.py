@@ -26,8 +26,10 @@ from test_serve import FakeGallery  # noqa: E402
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium / chromedriver not installed "
-                                "(apt-get install chromium chromium-driver)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="chromium / chromedriver not installed (apt-get install chromium chromium-driver)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +62,20 @@ def browser(tmp_path: Path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--disable-quic", "--disable-extensions", "--window-size=1000,1200",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--disable-extensions",
+        "--window-size=1000,1200",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -73,9 +85,14 @@ def browser(tmp_path: Path):
 
 def test_page_compares_two_photos_like_the_api(server, browser, tmp_path):
     files = photos(tmp_path / "img", 2, size=64)
-    api = httpx.post(f"{server}/api/verify", timeout=30, files={
-        "image_a": ("a.jpg", files[0].read_bytes(), "image/jpeg"),
-        "image_b": ("b.jpg", files[1].read_bytes(), "image/jpeg")}).json()
+    api = httpx.post(
+        f"{server}/api/verify",
+        timeout=30,
+        files={
+            "image_a": ("a.jpg", files[0].read_bytes(), "image/jpeg"),
+            "image_b": ("b.jpg", files[1].read_bytes(), "image/jpeg"),
+        },
+    ).json()
 
     browser.get(server + "/")
     wait = WebDriverWait(browser, 20)
@@ -88,8 +105,9 @@ def test_page_compares_two_photos_like_the_api(server, browser, tmp_path):
     assert browser.find_element(By.ID, "score").text == f"{api['score']:.4f}"
     decision = browser.find_element(By.ID, "decision").text
     assert decision == ("same person" if api["same"] else "different people")
-    widths = browser.execute_script("return [document.getElementById('crop-a').naturalWidth, "
-                                    "document.getElementById('crop-b').naturalWidth]")
+    widths = browser.execute_script(
+        "return [document.getElementById('crop-a').naturalWidth, document.getElementById('crop-b').naturalWidth]"
+    )
     assert widths == [32, 32]  # the 32x32 crops the model saw, rendered from the base64 PNGs
     if os.environ.get("FACEREC_SCREENSHOT"):
         browser.save_screenshot(os.environ["FACEREC_SCREENSHOT"])

@@ -78,16 +78,18 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def test_verify_score_equals_face_model(setup, client):
     model, files = setup
-    r = client.post("/api/verify", files={"image_a": upload(files[0]), "image_b": upload(files[1])},
-                    data={"crops": "true"})
+    r = client.post(
+        "/api/verify", files={"image_a": upload(files[0]), "image_b": upload(files[1])}, data={"crops": "true"}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["score"] == pytest.approx(model.score(files[0], files[1]), abs=1e-6)
     assert body["threshold"] == 0.3 and body["same"] == (body["score"] >= 0.3) and body["scoring"] == "cosine"
     crop = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["crops"]["image_a"].split(",", 1)[1]))))
     np.testing.assert_array_equal(crop, load_image(files[0], 32))  # the crop is exactly what the model saw
-    same = client.post("/api/verify", files={"image_a": upload(files[2]), "image_b": upload(files[2])},
-                       data={"threshold": "0.99"}).json()
+    same = client.post(
+        "/api/verify", files={"image_a": upload(files[2]), "image_b": upload(files[2])}, data={"threshold": "0.99"}
+    ).json()
     assert same["score"] == pytest.approx(1.0, abs=1e-5) and same["same"] is True and "crops" not in same
 
 
@@ -134,16 +136,19 @@ def test_decompression_bomb_is_413(setup, client):
 
 @pytest.mark.parametrize("ctype", ["text/plain", "application/pdf", "image/svg+xml", ""])
 def test_wrong_content_type_is_415(setup, client, ctype):
-    r = client.post("/api/verify", files={"image_a": ("a.jpg", setup[1][0].read_bytes(), ctype),
-                                          "image_b": upload(setup[1][1])})
+    r = client.post(
+        "/api/verify",
+        files={"image_a": ("a.jpg", setup[1][0].read_bytes(), ctype), "image_b": upload(setup[1][1])},
+    )
     assert r.status_code == 415 and "image/jpeg" in r.json()["detail"]
 
 
 def test_unaccepted_image_format_is_415(setup, client):
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, format="GIF")
-    r = client.post("/api/verify", files={"image_a": ("a.png", buf.getvalue(), "image/png"),
-                                          "image_b": upload(setup[1][1])})
+    r = client.post(
+        "/api/verify", files={"image_a": ("a.png", buf.getvalue(), "image/png"), "image_b": upload(setup[1][1])}
+    )
     assert r.status_code == 415 and "GIF" in r.json()["detail"]
 
 
@@ -159,8 +164,11 @@ def test_garbage_bytes_are_400(setup, client, data):
 
 def test_missing_field_and_bad_threshold_are_422(setup, client):
     assert client.post("/api/verify", files={"image_a": upload(setup[1][0])}).status_code == 422
-    r = client.post("/api/verify", files={"image_a": upload(setup[1][0]), "image_b": upload(setup[1][1])},
-                    data={"threshold": "high"})
+    r = client.post(
+        "/api/verify",
+        files={"image_a": upload(setup[1][0]), "image_b": upload(setup[1][1])},
+        data={"threshold": "high"},
+    )
     assert r.status_code == 422
 
 
@@ -189,8 +197,11 @@ def test_gallery_endpoints_answer_501_without_a_gallery(setup, client):
 def test_enroll_identify_delete(setup):
     model, files = setup
     with TestClient(create_app(model, gallery=FakeGallery())) as c:
-        r = c.post("/api/enroll", data={"identity": "alice"},
-                   files=[("images", upload(files[0])), ("images", upload(files[1]))])
+        r = c.post(
+            "/api/enroll",
+            data={"identity": "alice"},
+            files=[("images", upload(files[0])), ("images", upload(files[1]))],
+        )
         assert r.status_code == 200 and r.json() == {"identity": "alice", "enrolled": 2, "total": 2}
         r = c.post("/api/enroll", data={"identity": "bob"}, files={"images": upload(files[2])})
         assert r.status_code == 200
@@ -217,12 +228,14 @@ class CentreAligner:
 def test_aligner_crop_is_used_and_no_face_is_422(setup):
     model, files = setup
     with TestClient(create_app(model, aligner=CentreAligner())) as c:
-        r = c.post("/api/verify", files={"image_a": upload(files[0]), "image_b": upload(files[1])},
-                   data={"crops": "1"})
+        r = c.post(
+            "/api/verify", files={"image_a": upload(files[0]), "image_b": upload(files[1])}, data={"crops": "1"}
+        )
         assert r.status_code == 200
         expected = Image.open(files[0]).convert("RGB").crop((12, 12, 36, 36)).resize((32, 32), Image.BILINEAR)
-        assert r.json()["score"] == pytest.approx(model.score(expected, Image.open(files[1]).convert("RGB").crop(
-            (12, 12, 36, 36))), abs=1e-5)
+        assert r.json()["score"] == pytest.approx(
+            model.score(expected, Image.open(files[1]).convert("RGB").crop((12, 12, 36, 36))), abs=1e-5
+        )
         dark = png_bytes(np.zeros((40, 40, 3), dtype=np.uint8))
         r = c.post("/api/verify", files={"image_a": ("d.png", dark, "image/png"), "image_b": upload(files[1])})
         assert r.status_code == 422 and "no face" in r.json()["detail"]

@@ -262,8 +262,12 @@ def recipe_conflicts(path: str | Path, cfg: Config) -> list[str]:
     after the file is resolved against the defaults (so `lr: 1e-1` equals 0.1); dicts and lists compare whole."""
     resolved, have = asdict(load_config(path)), asdict(cfg)
     loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return [f"{section}.{key}" for section, values in loaded.items() for key in (values or {})
-            if resolved[section][key] != have[section][key]]
+    return [
+        f"{section}.{key}"
+        for section, values in loaded.items()
+        for key in (values or {})
+        if resolved[section][key] != have[section][key]
+    ]
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

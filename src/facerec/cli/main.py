@@ -12,31 +12,44 @@ EXIT_USAGE = 2
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a face-embedding model",
-                       description="Train on an HW2P2 dataset (either layout) or any folder of identity folders.")
+    p = sub.add_parser(
+        "train",
+        help="train a face-embedding model",
+        description="Train on an HW2P2 dataset (either layout) or any folder of identity folders.",
+    )
     p.add_argument("--data", help="dataset folder (sets data.root)")
     p.add_argument("--out", help="run folder: checkpoints, metrics.jsonl, config.yaml (required to train)")
     p.add_argument("--config", help="YAML recipe file, or the name of a shipped recipe (facerec list recipes)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt (overrides still apply)")
     p.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint instead of RUN/last.pt")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config (defaults, recipe, overrides) as YAML and exit")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (defaults, recipe, overrides) as YAML and exit",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
 
 
 def _add_lr_find(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lr-find", help="learning-rate range test: suggest optim.lr for a config and dataset",
-                       description="Train a fresh model of the config for --steps steps while the learning rate "
-                                   "grows from --start to --end; write OUT/lr_find.csv and OUT/lr_find.png and "
-                                   "print the suggested optim.lr.")
+    p = sub.add_parser(
+        "lr-find",
+        help="learning-rate range test: suggest optim.lr for a config and dataset",
+        description="Train a fresh model of the config for --steps steps while the learning rate "
+        "grows from --start to --end; write OUT/lr_find.csv and OUT/lr_find.png and "
+        "print the suggested optim.lr.",
+    )
     p.add_argument("--data", help="dataset folder or pack (sets data.root)")
     p.add_argument("--out", required=True, help="folder for lr_find.csv and lr_find.png")
     p.add_argument("--config", help="YAML recipe file, or the name of a shipped recipe")
     p.add_argument("--start", type=float, default=1e-5, help="first learning rate (default 1e-5)")
     p.add_argument("--end", type=float, default=10.0, help="last learning rate (default 10)")
     p.add_argument("--steps", type=int, default=100, help="steps, one batch each (default 100)")
-    p.add_argument("--diverge", type=float, default=4.0,
-                   help="stop once the smoothed loss passes this multiple of its minimum (default 4)")
+    p.add_argument(
+        "--diverge",
+        type=float,
+        default=4.0,
+        help="stop once the smoothed loss passes this multiple of its minimum (default 4)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.batch_size=128")
 
 
@@ -62,9 +75,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_pack(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pack", help="decode a dataset once into a memory-mapped pack (train with --data OUT)",
-                       description="Decode the training split of DIR (an HW2P2 root or a folder of identity "
-                                   "folders) into OUT/images.npy (N, S, S, 3) uint8, labels.npy and meta.json.")
+    p = sub.add_parser(
+        "pack",
+        help="decode a dataset once into a memory-mapped pack (train with --data OUT)",
+        description="Decode the training split of DIR (an HW2P2 root or a folder of identity "
+        "folders) into OUT/images.npy (N, S, S, 3) uint8, labels.npy and meta.json.",
+    )
     p.add_argument("dir", help="dataset folder")
     p.add_argument("out", help="new pack folder")
     p.add_argument("--image-size", type=int, default=64, help="side of the stored square images (default 64)")
@@ -126,9 +142,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(args.out or "", resume, overrides)
         conflicts = recipe_conflicts(recipe_path(args.config), cfg) if args.config else []
         if conflicts:
-            print(f"warning: --config {args.config} sets {', '.join(conflicts)} other than the run being resumed; "
-                  "the run continues with its own config (RUN/config.yaml), key=value overrides applied",
-                  file=sys.stderr)
+            print(
+                f"warning: --config {args.config} sets {', '.join(conflicts)} other than the run being resumed; "
+                "the run continues with its own config (RUN/config.yaml), key=value overrides applied",
+                file=sys.stderr,
+            )
     else:
         cfg = load_config(recipe_path(args.config) if args.config else None, overrides)
     if args.print_config:
@@ -141,16 +159,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from facerec import find_lr
 
-    result = find_lr(args.data, args.config, args.overrides, args.start, args.end, args.steps, args.diverge,
-                     out=args.out)
+    result = find_lr(
+        args.data, args.config, args.overrides, args.start, args.end, args.steps, args.diverge, out=args.out
+    )
     print(f"wrote {Path(args.out) / 'lr_find.csv'} and {Path(args.out) / 'lr_find.png'}")
     if result.suggestion is None:
-        print("no suggestion: the loss never fell, or still fell at the end of the range; widen the range "
-              "(--start, --end) or take more --steps")
+        print(
+            "no suggestion: the loss never fell, or still fell at the end of the range; widen the range "
+            "(--start, --end) or take more --steps"
+        )
         return 0
     cautious = f"; steepest descent at {result.steepest:.3g}, a cautious choice" if result.steepest else ""
-    print(f"suggested optim.lr={result.suggestion:.3g} (where the smoothed loss was lowest: the peak rate of a "
-          f"warm-up + cosine schedule{cautious})")
+    print(
+        f"suggested optim.lr={result.suggestion:.3g} (where the smoothed loss was lowest: the peak rate of a "
+        f"warm-up + cosine schedule{cautious})"
+    )
     return 0
 
 
@@ -237,8 +260,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "evaluate": cmd_evaluate, "eval": cmd_evaluate,
-            "predict": cmd_predict, "pack": cmd_pack, "report": cmd_report, "verify": cmd_verify, "list": cmd_list}
+COMMANDS = {
+    "train": cmd_train,
+    "lr-find": cmd_lr_find,
+    "evaluate": cmd_evaluate,
+    "eval": cmd_evaluate,
+    "predict": cmd_predict,
+    "pack": cmd_pack,
+    "report": cmd_report,
+    "verify": cmd_verify,
+    "list": cmd_list,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

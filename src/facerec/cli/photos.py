@@ -18,42 +18,62 @@ DEFAULT_CHECKPOINT = Path("models/facehw.pt")
 
 def _aligner_args(p: argparse.ArgumentParser, flag: bool = True) -> None:
     if flag:
-        p.add_argument("--align", action="store_true",
-                       help="detect and align faces in raw photos first (MTCNN; needs facenet-pytorch)")
+        p.add_argument(
+            "--align",
+            action="store_true",
+            help="detect and align faces in raw photos first (MTCNN; needs facenet-pytorch)",
+        )
     p.add_argument("--min-score", type=float, default=0.9, help="lowest MTCNN face probability kept (default 0.9)")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
 
 
 def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--checkpoint", required=required,
-                   help="model checkpoint" + ("" if required else f" (default {DEFAULT_CHECKPOINT})"))
+    p.add_argument(
+        "--checkpoint",
+        required=required,
+        help="model checkpoint" + ("" if required else f" (default {DEFAULT_CHECKPOINT})"),
+    )
     p.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("align", help="detect + align the faces of a folder of photos into a 64x64 dataset",
-                       description="Turn IN_DIR (identity folders, or flat) into OUT_DIR with the same structure, "
-                                   "one aligned face crop per photo, framed like the training data.")
+    p = sub.add_parser(
+        "align",
+        help="detect + align the faces of a folder of photos into a 64x64 dataset",
+        description="Turn IN_DIR (identity folders, or flat) into OUT_DIR with the same structure, "
+        "one aligned face crop per photo, framed like the training data.",
+    )
     p.add_argument("in_dir")
     p.add_argument("out_dir")
-    p.add_argument("--skip-several", action="store_true",
-                   help="skip photos with several faces (default: keep one)")
+    p.add_argument(
+        "--skip-several", action="store_true", help="skip photos with several faces (default: keep one)"
+    )
     p.add_argument("--pick", choices=["largest", "score"], default="largest", help="face kept when several")
     p.add_argument("--size", type=int, default=64, help="side of the crops (default 64)")
     p.add_argument("--overwrite", action="store_true", help="redo photos whose output already exists")
     p.add_argument("--report", help="write the full list of problem photos to this JSON file")
     _aligner_args(p, flag=False)
 
-    p = sub.add_parser("benchmark", help="lfw: the LFW 10-fold verification protocol; folder: every pair and "
-                       "leave-one-out identification over your own identity folders")
+    p = sub.add_parser(
+        "benchmark",
+        help="lfw: the LFW 10-fold verification protocol; folder: every pair and "
+        "leave-one-out identification over your own identity folders",
+    )
     p.add_argument("name", choices=["lfw", "folder"])
-    p.add_argument("--root", required=True,
-                   help="lfw: LFW folder of <name>/<name>_NNNN.jpg; folder: one folder of photos per person")
+    p.add_argument(
+        "--root",
+        required=True,
+        help="lfw: LFW folder of <name>/<name>_NNNN.jpg; folder: one folder of photos per person",
+    )
     p.add_argument("--pairs", help="lfw: pairs.txt ('10 300' header) or pairsDevTest.txt ('500')")
-    p.add_argument("--max-pairs", type=int, default=2_000_000,
-                   help="folder: above this many pairs, keep every same-person pair and sample the others "
-                        "(default 2,000,000)")
+    p.add_argument(
+        "--max-pairs",
+        type=int,
+        default=2_000_000,
+        help="folder: above this many pairs, keep every same-person pair and sample the others "
+        "(default 2,000,000)",
+    )
     _model_args(p, required=False)
     _aligner_args(p)
 
@@ -77,35 +97,49 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["list", "remove", "reindex"])
     p.add_argument("name", nargs="?", help="person to remove")
     p.add_argument("--gallery", required=True)
-    p.add_argument("--index", choices=["flat", "ivf"], default="flat",
-                   help="reindex: exact search or IVF (large galleries)")
+    p.add_argument(
+        "--index", choices=["flat", "ivf"], default="flat", help="reindex: exact search or IVF (large galleries)"
+    )
     p.add_argument("--nlist", type=int, help="reindex --index ivf: number of lists (default ~4 sqrt(N))")
     p.add_argument("--nprobe", type=int, help="reindex --index ivf: lists searched per query (default 8)")
 
-    p = sub.add_parser("embed", help="embeddings of photos (files or folders) to a .npz or .csv file",
-                       description="Embed every photo of the inputs (image files, and every image below each "
-                                   "folder) with the model; unreadable photos and, with --align, photos without "
-                                   "a face are skipped and listed. The file keeps the model's scoring and "
-                                   "threshold (.npz) for `facerec cluster` or your own tools.")
+    p = sub.add_parser(
+        "embed",
+        help="embeddings of photos (files or folders) to a .npz or .csv file",
+        description="Embed every photo of the inputs (image files, and every image below each "
+        "folder) with the model; unreadable photos and, with --align, photos without "
+        "a face are skipped and listed. The file keeps the model's scoring and "
+        "threshold (.npz) for `facerec cluster` or your own tools.",
+    )
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", required=True, help="output file: .npz (NumPy) or .csv (path,e0,e1,...)")
     _model_args(p, required=False)
     _aligner_args(p)
 
-    p = sub.add_parser("cluster", help="group unlabelled face photos by person (agglomerative clustering)",
-                       description="Cluster the photos of the inputs (files and folders, or one embedding file "
-                                   "made by `facerec embed`) so that each cluster is one person: groups merge "
-                                   "while their linkage similarity is above --threshold (default: the model's "
-                                   "verification threshold). Writes path,cluster,cluster_size rows.")
+    p = sub.add_parser(
+        "cluster",
+        help="group unlabelled face photos by person (agglomerative clustering)",
+        description="Cluster the photos of the inputs (files and folders, or one embedding file "
+        "made by `facerec embed`) so that each cluster is one person: groups merge "
+        "while their linkage similarity is above --threshold (default: the model's "
+        "verification threshold). Writes path,cluster,cluster_size rows.",
+    )
     p.add_argument("inputs", nargs="+", help="image files and/or folders, or one .npz/.csv from `facerec embed`")
     p.add_argument("--out", required=True, help="CSV file: path,cluster,cluster_size (largest cluster first)")
     p.add_argument("--threshold", type=float, help="merge above this score (default: the model's threshold)")
-    p.add_argument("--linkage", choices=["average", "complete", "single"], default="average",
-                   help="group similarity: mean, lowest or highest over cross pairs (default average)")
+    p.add_argument(
+        "--linkage",
+        choices=["average", "complete", "single"],
+        default="average",
+        help="group similarity: mean, lowest or highest over cross pairs (default average)",
+    )
     p.add_argument("--folders", help="also copy the photos into this new folder, one subfolder per cluster")
-    p.add_argument("--evaluate", action="store_true",
-                   help="the photos sit in identity folders: score the clusters against the folder names "
-                        "(pair precision / recall / F1, ARI, NMI), e.g. to choose --threshold")
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="the photos sit in identity folders: score the clusters against the folder names "
+        "(pair precision / recall / F1, ARI, NMI), e.g. to choose --threshold",
+    )
     _model_args(p, required=False)
     _aligner_args(p)
 
@@ -154,11 +188,15 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
 def cmd_align(args: argparse.Namespace) -> int:
     from facerec.photos.align import align_folder
 
-    report = align_folder(args.in_dir, args.out_dir, _aligner(args, args.size), args.skip_several, args.pick,
-                          args.overwrite)
+    report = align_folder(
+        args.in_dir, args.out_dir, _aligner(args, args.size), args.skip_several, args.pick, args.overwrite
+    )
     print(report.summary(args.skip_several))
-    for title, items in (("no face", report.no_face), ("several faces", [f"{p} ({n})" for p, n in report.several]),
-                         ("unreadable", [f"{p}: {e}" for p, e in report.unreadable])):
+    for title, items in (
+        ("no face", report.no_face),
+        ("several faces", [f"{p} ({n})" for p, n in report.several]),
+        ("unreadable", [f"{p}: {e}" for p, e in report.unreadable]),
+    ):
         for item in items[:20]:
             print(f"  {title}: {item}")
         if len(items) > 20:
@@ -180,9 +218,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"LFW ({result['protocol']}): accuracy {result['accuracy']:.4f} +- {result['accuracy_std']:.4f}, "
-          f"AUC {result['auc']:.4f}, EER {result['eer']:.4f} ({result['n_pairs']} pairs, {result['n_images']} "
-          f"images, {'aligned' if result['aligned'] else 'not aligned'}, {result['scoring']} scoring)")
+    print(
+        f"LFW ({result['protocol']}): accuracy {result['accuracy']:.4f} +- {result['accuracy_std']:.4f}, "
+        f"AUC {result['auc']:.4f}, EER {result['eer']:.4f} ({result['n_pairs']} pairs, {result['n_images']} "
+        f"images, {'aligned' if result['aligned'] else 'not aligned'}, {result['scoring']} scoring)"
+    )
     if result["no_face"]:
         print(f"no face found in {len(result['no_face'])} photos (used whole), e.g. {result['no_face'][0]}")
     return 0
@@ -198,13 +238,19 @@ def _benchmark_folder(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r))
         return 0
-    print(f"{r['n_images']} photos of {r['n_people']} people ({'aligned' if r['aligned'] else 'not aligned'}, "
-          f"{r['scoring']} scoring)")
-    print(f"verification, {r['n_pairs']:,} pairs ({r['n_pos']:,} same; {r['pairs']}): AUC {r['auc']:.4f}, "
-          f"EER {r['eer']:.4f}, TAR@FAR=1e-2 {r['tar@far=1e-2']:.4f}, TAR@FAR=1e-3 {r['tar@far=1e-3']:.4f}, "
-          f"best accuracy {r['best_acc']:.4f} at {r['best_threshold']:.4f} (tuned on these pairs)")
-    print(f"identification, leave one out ({r['n_probes']} photos of people with 2+ photos): rank-1 "
-          f"{r['rank1']:.4f}, rank-5 {r['rank5']:.4f}")
+    print(
+        f"{r['n_images']} photos of {r['n_people']} people ({'aligned' if r['aligned'] else 'not aligned'}, "
+        f"{r['scoring']} scoring)"
+    )
+    print(
+        f"verification, {r['n_pairs']:,} pairs ({r['n_pos']:,} same; {r['pairs']}): AUC {r['auc']:.4f}, "
+        f"EER {r['eer']:.4f}, TAR@FAR=1e-2 {r['tar@far=1e-2']:.4f}, TAR@FAR=1e-3 {r['tar@far=1e-3']:.4f}, "
+        f"best accuracy {r['best_acc']:.4f} at {r['best_threshold']:.4f} (tuned on these pairs)"
+    )
+    print(
+        f"identification, leave one out ({r['n_probes']} photos of people with 2+ photos): rank-1 "
+        f"{r['rank1']:.4f}, rank-5 {r['rank5']:.4f}"
+    )
     if r["no_face"]:
         print(f"no face found in {len(r['no_face'])} photos (used whole), e.g. {r['no_face'][0]}")
     return 0
@@ -311,8 +357,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from facerec.evaluation.calibrate import calibrate
 
     aligner = _aligner(args) if args.align else None
-    result = calibrate(args.checkpoint, args.pairs, args.root, args.far, args.out, aligner, not args.no_flip,
-                       _log(args))
+    result = calibrate(
+        args.checkpoint, args.pairs, args.root, args.far, args.out, aligner, not args.no_flip, _log(args)
+    )
     _print(result, args.json)
     return 0
 
@@ -352,8 +399,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{len(es)} embeddings ({result['dim']}-d, {es.scoring} scoring) -> {out}; skipped "
-          f"{len(es.unreadable)} unreadable, {len(es.no_face)} without a face")
+    print(
+        f"{len(es)} embeddings ({result['dim']}-d, {es.scoring} scoring) -> {out}; skipped "
+        f"{len(es.unreadable)} unreadable, {len(es.no_face)} without a face"
+    )
     _skipped(es, print)
     return 0
 
@@ -377,13 +426,21 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         es = _embed_inputs(args)
     threshold = args.threshold if args.threshold is not None else es.threshold
     if threshold is None:
-        raise DataError("no threshold: this model or embedding file stores none; pass --threshold "
-                        "(or set one with `facerec calibrate`)")
+        raise DataError(
+            "no threshold: this model or embedding file stores none; pass --threshold "
+            "(or set one with `facerec calibrate`)"
+        )
     labels = cluster_embeddings(es.embeddings, es.scoring, threshold, args.linkage)
     write_clusters_csv(es.paths, labels, args.out)
-    result: dict[str, Any] = {**cluster_summary(labels), "threshold": float(threshold), "linkage": args.linkage,
-                              "scoring": es.scoring, "out": str(args.out),
-                              "unreadable": es.unreadable, "no_face": es.no_face}
+    result: dict[str, Any] = {
+        **cluster_summary(labels),
+        "threshold": float(threshold),
+        "linkage": args.linkage,
+        "scoring": es.scoring,
+        "out": str(args.out),
+        "unreadable": es.unreadable,
+        "no_face": es.no_face,
+    }
     if args.folders:
         result["folders"] = str(copy_into_folders(es.paths, labels, args.folders))
     if args.evaluate:
@@ -391,13 +448,17 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{result['photos']} photos -> {result['clusters_of_2_or_more']} clusters of 2 or more (largest "
-          f"{result['largest']}) and {result['singletons']} single photos; {args.linkage} linkage above "
-          f"{threshold:.4f} ({es.scoring}) -> {args.out}")
+    print(
+        f"{result['photos']} photos -> {result['clusters_of_2_or_more']} clusters of 2 or more (largest "
+        f"{result['largest']}) and {result['singletons']} single photos; {args.linkage} linkage above "
+        f"{threshold:.4f} ({es.scoring}) -> {args.out}"
+    )
     if args.evaluate:
-        print(f"against the folder names ({result['identities']} identities): pair precision "
-              f"{result['pair_precision']:.4f}, recall {result['pair_recall']:.4f}, F1 {result['pair_f1']:.4f}, "
-              f"ARI {result['ari']:.4f}, NMI {result['nmi']:.4f}")
+        print(
+            f"against the folder names ({result['identities']} identities): pair precision "
+            f"{result['pair_precision']:.4f}, recall {result['pair_recall']:.4f}, F1 {result['pair_f1']:.4f}, "
+            f"ARI {result['ari']:.4f}, NMI {result['nmi']:.4f}"
+        )
     if args.folders:
         print(f"copies: {result['folders']}/cluster_*/ and singletons/")
     _skipped(es, print)
@@ -421,8 +482,15 @@ def _missing_package_is_an_error(command: Command) -> Command:
 
 
 COMMANDS: dict[str, Command] = {
-    name: _missing_package_is_an_error(fn) for name, fn in {
-        "align": cmd_align, "benchmark": cmd_benchmark, "enroll": cmd_enroll, "identify": cmd_identify,
-        "gallery": cmd_gallery, "calibrate": cmd_calibrate, "embed": cmd_embed, "cluster": cmd_cluster,
+    name: _missing_package_is_an_error(fn)
+    for name, fn in {
+        "align": cmd_align,
+        "benchmark": cmd_benchmark,
+        "enroll": cmd_enroll,
+        "identify": cmd_identify,
+        "gallery": cmd_gallery,
+        "calibrate": cmd_calibrate,
+        "embed": cmd_embed,
+        "cluster": cmd_cluster,
     }.items()
 }

@@ -14,27 +14,36 @@ MiB = 1 << 20
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a deployable model file: slim .pt checkpoint or ONNX + JSON sidecar",
-                       description="--out model.pt: the inference part of a checkpoint (no optimiser state), "
-                                   "loadable with facerec.load. --out model.onnx: the embedding network as ONNX "
-                                   "(dynamic batch) plus model.onnx.json with preprocessing, scoring, threshold "
-                                   "and classes.")
+    p = sub.add_parser(
+        "export",
+        help="write a deployable model file: slim .pt checkpoint or ONNX + JSON sidecar",
+        description="--out model.pt: the inference part of a checkpoint (no optimiser state), "
+        "loadable with facerec.load. --out model.onnx: the embedding network as ONNX "
+        "(dynamic batch) plus model.onnx.json with preprocessing, scoring, threshold "
+        "and classes.",
+    )
     p.add_argument("--checkpoint", required=True, help="a training checkpoint (RUN/best.pt) or model file")
     p.add_argument("--out", required=True, help="output file: *.pt / *.pth or *.onnx")
     p.add_argument("--half", action="store_true", help="(.pt) store weights as fp16, about half the size")
     p.add_argument("--opset", type=int, default=17, help="(.onnx) ONNX opset version (default 17)")
-    p.add_argument("--dynamo", action="store_true", help="(.onnx) use the torch.export-based exporter "
-                                                         "(needs onnxscript) instead of the TorchScript one")
+    p.add_argument(
+        "--dynamo",
+        action="store_true",
+        help="(.onnx) use the torch.export-based exporter (needs onnxscript) instead of the TorchScript one",
+    )
     p.add_argument("--no-check", action="store_true", help="(.onnx) skip comparing ONNX Runtime with PyTorch")
 
 
 def _add_ensemble(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ensemble", help="combine several trained models into one model file",
-                       description="Write one model file that embeds with every model given (their cosines "
-                                   "averaged) and classifies by their mean probabilities; use it wherever a "
-                                   "checkpoint goes (evaluate, predict, verify, serve, galleries). With --data, "
-                                   "score each model and the ensemble on its val split and pairs, and store the "
-                                   "ensemble's best-accuracy threshold on the val pairs.")
+    p = sub.add_parser(
+        "ensemble",
+        help="combine several trained models into one model file",
+        description="Write one model file that embeds with every model given (their cosines "
+        "averaged) and classifies by their mean probabilities; use it wherever a "
+        "checkpoint goes (evaluate, predict, verify, serve, galleries). With --data, "
+        "score each model and the ensemble on its val split and pairs, and store the "
+        "ensemble's best-accuracy threshold on the val pairs.",
+    )
     p.add_argument("checkpoints", nargs="+", help="two or more checkpoints or model files of one dataset")
     p.add_argument("--out", required=True, help="the ensemble's model file (.pt)")
     p.add_argument("--data", help="dataset with a labelled val split and/or val pairs (e.g. the HW2P2 root)")
@@ -42,19 +51,33 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="web service + page: verify two photos, identify / enroll with a gallery",
-                       description="Serve a model over HTTP (FastAPI + uvicorn; pip install 'facerec[serve]'). "
-                                   "Open http://HOST:PORT/ for the page; the API is under /api (docs at /docs).")
+    p = sub.add_parser(
+        "serve",
+        help="web service + page: verify two photos, identify / enroll with a gallery",
+        description="Serve a model over HTTP (FastAPI + uvicorn; pip install 'facerec[serve]'). "
+        "Open http://HOST:PORT/ for the page; the API is under /api (docs at /docs).",
+    )
     p.add_argument("--checkpoint", required=True, help="a checkpoint, an exported .pt, or an exported .onnx")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--align", action="store_true", help="align faces in uploaded photos (facerec.photos.align, MTCNN) "
-                                                        "instead of resizing the whole photo")
-    p.add_argument("--gallery", metavar="DIR", help="gallery folder (facerec.photos.gallery; created if new): enables "
-                                                     "identify / enroll / delete, saved after each change")
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="align faces in uploaded photos (facerec.photos.align, MTCNN) instead of resizing the whole photo",
+    )
+    p.add_argument(
+        "--gallery",
+        metavar="DIR",
+        help="gallery folder (facerec.photos.gallery; created if new): enables "
+        "identify / enroll / delete, saved after each change",
+    )
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted image file (default 10)")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"largest accepted width x height "
-                                                                      f"(default {MAX_PIXELS})")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"largest accepted width x height (default {MAX_PIXELS})",
+    )
     p.add_argument("--device", default="cpu", help="torch device for .pt models (default cpu)")
 
 
@@ -82,8 +105,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         except ImportError:
             print("onnxruntime is not installed: not compared with PyTorch (pip install 'facerec[onnx]')")
         else:
-            print(f"ONNX Runtime vs PyTorch on {check['batch']} random inputs: max abs diff "
-                  f"{check['max_abs_diff']:.2e}, relative error {check['rel_err']:.2e}")
+            print(
+                f"ONNX Runtime vs PyTorch on {check['batch']} random inputs: max abs diff "
+                f"{check['max_abs_diff']:.2e}, relative error {check['rel_err']:.2e}"
+            )
             if check["rel_err"] > 1e-3:
                 print("warning: ONNX Runtime and PyTorch disagree; do not deploy this file", file=sys.stderr)
                 return 1
@@ -142,10 +167,15 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         for name, m in rows:
             print(f"{name[-40:]:<40} " + " ".join(f"{m[k]:>9.4f}" for k in keys))
     thr = result["threshold"]
-    print(f"wrote {result['out']}: {len(args.checkpoints)} models; threshold "
-          f"{'none' if thr is None else f'{thr:.4f}'} ({result['threshold_source']})")
+    print(
+        f"wrote {result['out']}: {len(args.checkpoints)} models; threshold "
+        f"{'none' if thr is None else f'{thr:.4f}'} ({result['threshold_source']})"
+    )
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"export": cmd_export, "serve": cmd_serve,
-                                                           "ensemble": cmd_ensemble}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "export": cmd_export,
+    "serve": cmd_serve,
+    "ensemble": cmd_ensemble,
+}

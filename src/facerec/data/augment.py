@@ -42,7 +42,14 @@ PRESETS: dict[str, AugmentSpec] = {
     # strong + a fifth of the images down-and-up resampled: bench/shift.py measured a strong-only model at val AUC
     # 0.79 on 4x-downscaled probes (0.90 for the standard one); see docs/benchmarks.md, "Domain shift"
     "robust": AugmentSpec(
-        flip=True, scale=0.15, shift=0.1, rotate=15, brightness=0.3, contrast=0.3, saturation=0.3, grayscale=0.1,
+        flip=True,
+        scale=0.15,
+        shift=0.1,
+        rotate=15,
+        brightness=0.3,
+        contrast=0.3,
+        saturation=0.3,
+        grayscale=0.1,
         low_res=0.2,
     ),
 }
@@ -115,8 +122,13 @@ def augment(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator, inpl
 
 def _resample(x: torch.Tensor, factor: float) -> torch.Tensor:
     h, w = x.shape[-2:]
-    small = F.interpolate(x, size=(max(1, round(h / factor)), max(1, round(w / factor))), mode="bilinear",
-                          antialias=True, align_corners=False)
+    small = F.interpolate(
+        x,
+        size=(max(1, round(h / factor)), max(1, round(w / factor))),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
 

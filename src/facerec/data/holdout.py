@@ -83,8 +83,9 @@ def hold_out_images(images: ImageSet, per_class: int, seed: int = 0) -> tuple[Im
     return _take(images, train_idx), _take(images, val_idx)
 
 
-def draw_pairs(labels: torch.Tensor, n_pairs: int, seed: int = 0
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def draw_pairs(
+    labels: torch.Tensor, n_pairs: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`n_pairs` distinct unordered pairs, half of them same-identity (fewer if fewer exist: then every
     same-identity pair is taken and as many different-identity ones drawn). Same pairs are drawn uniformly over
     all same pairs, different pairs uniformly over all different pairs. Returns idx_a, idx_b, label (1 = same)."""
@@ -104,8 +105,8 @@ def draw_pairs(labels: torch.Tensor, n_pairs: int, seed: int = 0
     starts = torch.cumsum(counts, 0) - counts
     same: set[tuple[int, int]] = set()
     if 2 * n_same > total_same:  # most of them: list all and pick
-        groups = [sorted(order[starts[c]: starts[c] + counts[c]].tolist()) for c in range(len(counts))]
-        every = [(a, b) for g in groups for i, a in enumerate(g) for b in g[i + 1:]]
+        groups = [sorted(order[starts[c] : starts[c] + counts[c]].tolist()) for c in range(len(counts))]
+        every = [(a, b) for g in groups for i, a in enumerate(g) for b in g[i + 1 :]]
         pick = torch.randperm(len(every), generator=gen)[:n_same].tolist()
         same = {every[p] for p in pick}
     weights = (counts * (counts - 1)).double()
@@ -148,11 +149,14 @@ def holdout_pairset(held: ImageSet, n_pairs: int, seed: int, root: str | Path | 
     used = torch.unique(torch.cat([a, b]))
     position = torch.full((len(held),), -1, dtype=torch.long)
     position[used] = torch.arange(len(used))
-    names = [_relative(held.paths[i], root) if held.paths else f"{held.classes[held.labels[i]]}/{i}"
-             for i in used.tolist()]
+    names = [
+        _relative(held.paths[i], root) if held.paths else f"{held.classes[held.labels[i]]}/{i}"
+        for i in used.tolist()
+    ]
     pa, pb = position[a], position[b]
-    pairs = PairList([names[i] for i in pa.tolist()], [names[i] for i in pb.tolist()], same.tolist(),
-                     Path("holdout_pairs.txt"))
+    pairs = PairList(
+        [names[i] for i in pa.tolist()], [names[i] for i in pb.tolist()], same.tolist(), Path("holdout_pairs.txt")
+    )
     return PairSet(pairs, held.images[used], pa, pb, same)
 
 

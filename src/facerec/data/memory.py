@@ -157,14 +157,20 @@ def load_identity_folders(
 
 def _report_scan(index: FolderIndex, root: str | Path, log: Log) -> None:
     if index.empty_classes:
-        log(f"warning: {len(index.empty_classes)} empty identity folders in {root}, "
-            f"e.g. {index.empty_classes[0]!r}")
+        log(
+            f"warning: {len(index.empty_classes)} empty identity folders in {root}, "
+            f"e.g. {index.empty_classes[0]!r}"
+        )
     if index.skipped_files:
-        log(f"skipped {len(index.skipped_files)} hidden or non-image files in {root}, "
-            f"e.g. {index.skipped_files[0]}")
+        log(
+            f"skipped {len(index.skipped_files)} hidden or non-image files in {root}, "
+            f"e.g. {index.skipped_files[0]}"
+        )
     if index.unknown_classes:
-        log(f"warning: {len(index.unknown_classes)} identities in {root} are not in the training classes and are "
-            f"left out, e.g. {index.unknown_classes[0]!r}")
+        log(
+            f"warning: {len(index.unknown_classes)} identities in {root} are not in the training classes and are "
+            f"left out, e.g. {index.unknown_classes[0]!r}"
+        )
 
 
 def load_flat_images(paths: list[Path], image_size: int, num_workers: int = 2) -> torch.Tensor:

@@ -49,8 +49,9 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise DataError(f"{folder}/meta.json is not readable ({err}); re-create it with `facerec pack`") from None
 
 
-def pack_dataset(src: str | Path, out: str | Path, image_size: int = 64, num_workers: int = 2,
-                 log: Log = print) -> PackResult:
+def pack_dataset(
+    src: str | Path, out: str | Path, image_size: int = 64, num_workers: int = 2, log: Log = print
+) -> PackResult:
     """Decode the training split of `src` (an HW2P2 root in either layout, or any root/<identity>/<image> tree)
     into a pack at `out`. Unreadable images are left out, counted and named (in the log and in meta.json)."""
     out = Path(out)
@@ -70,14 +71,21 @@ def pack_dataset(src: str | Path, out: str | Path, image_size: int = 64, num_wor
     paths = [r for i, r in enumerate(rel) if i not in bad]
     labels = np.array([y for i, y in enumerate(index.labels) if i not in bad], dtype=np.int64)
     skipped = [rel[i] for i in failed]
-    meta = {"image_size": image_size, "source": str(layout.root.resolve()), "split": str(layout.train.resolve()),
-            "num_skipped": len(skipped), "skipped": skipped[:1000]}
+    meta = {
+        "image_size": image_size,
+        "source": str(layout.root.resolve()),
+        "split": str(layout.train.resolve()),
+        "num_skipped": len(skipped),
+        "skipped": skipped[:1000],
+    }
     if out.exists():
         out.rmdir()  # empty (checked above); save_pack renames its temporary folder onto `out`
     save_pack(out, array, labels, index.classes, paths, extra=meta)
     result = PackResult(out, len(paths), len(index.classes), image_size, skipped, time.time() - t0)
-    log(f"packed {result.num_images} images of {result.num_classes} identities from {layout.train} into {out} "
-        f"({array.nbytes / 2**20:.0f} MiB, {result.seconds:.1f}s)")
+    log(
+        f"packed {result.num_images} images of {result.num_classes} identities from {layout.train} into {out} "
+        f"({array.nbytes / 2**20:.0f} MiB, {result.seconds:.1f}s)"
+    )
     if skipped:
         log(f"skipped {len(skipped)} unreadable images, e.g. {', '.join(skipped[:EXAMPLES])}")
     return result
@@ -90,6 +98,7 @@ def _every(step: int, report: Callable[[int, int], None]) -> Callable[[int, int]
         if done - last[0] >= step or done == total:
             last[0] = done
             report(done, total)
+
     return call
 
 
@@ -97,12 +106,16 @@ def open_pack(folder: str | Path, image_size: int, log: Log = print) -> ImageSet
     """A pack as an ImageSet whose images stay memory-mapped; its image size must be `image_size`."""
     images = load_pack(folder, mmap=True)
     if images.images.ndim != 4 or images.images.shape[1:] != (image_size, image_size, 3):
-        raise DataError(f"pack {folder} holds images of shape {tuple(images.images.shape[1:])}, but "
-                        f"data.image_size={image_size}; set data.image_size={images.images.shape[1]} or re-pack "
-                        f"with `facerec pack --image-size {image_size}`")
+        raise DataError(
+            f"pack {folder} holds images of shape {tuple(images.images.shape[1:])}, but "
+            f"data.image_size={image_size}; set data.image_size={images.images.shape[1]} or re-pack "
+            f"with `facerec pack --image-size {image_size}`"
+        )
     if images.labels.shape[0] != images.images.shape[0]:
-        raise DataError(f"pack {folder} is inconsistent: {images.images.shape[0]} images but "
-                        f"{images.labels.shape[0]} labels; re-create it with `facerec pack`")
+        raise DataError(
+            f"pack {folder} is inconsistent: {images.images.shape[0]} images but "
+            f"{images.labels.shape[0]} labels; re-create it with `facerec pack`"
+        )
     log(f"using pack {folder}: {len(images)} images of {len(images.classes)} identities (memory-mapped)")
     return replace(images, paths=[str(image_root(folder) / p) for p in images.paths])
 

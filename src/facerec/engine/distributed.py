@@ -85,14 +85,17 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPUs are visible; "
-                             f"use torchrun --nproc_per_node={torch.cuda.device_count()} or fewer")
+            raise ValueError(
+                f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPUs are visible; "
+                f"use torchrun --nproc_per_node={torch.cuda.device_count()} or fewer"
+            )
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         bind = device.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
-                                **({"device_id": device} if bind else {}))  # NCCL: this rank's GPU, known up front
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT, **({"device_id": device} if bind else {})
+        )  # NCCL: this rank's GPU, known up front
     return DistContext(rank, world, local), device
 
 
@@ -113,8 +116,12 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.M
     ddp = nn.parallel.DistributedDataParallel
     new_api = "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters  # torch >= 2.12 renamed it
     buffers = {"forward_sync_buffers": False} if new_api else {"broadcast_buffers": False}
-    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
-               **buffers)
+    return ddp(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True,
+        **buffers,
+    )
 
 
 class ShardedBatchSampler:
@@ -126,9 +133,11 @@ class ShardedBatchSampler:
 
     def __init__(self, sampler: Any, rank: int, world_size: int) -> None:
         if sampler.batch_size % world_size:
-            raise ValueError(f"a global batch of {sampler.batch_size} images cannot be split evenly over "
-                             f"{world_size} processes; choose data.batch_size (or data.p * data.k) divisible by "
-                             f"{world_size}")
+            raise ValueError(
+                f"a global batch of {sampler.batch_size} images cannot be split evenly over "
+                f"{world_size} processes; choose data.batch_size (or data.p * data.k) divisible by "
+                f"{world_size}"
+            )
         self.sampler, self.rank, self.world_size = sampler, rank, world_size
         self.batch_size = sampler.batch_size // world_size
 
@@ -139,8 +148,10 @@ class ShardedBatchSampler:
         n = self.batch_size
         for batch in self.sampler.batches(generator):
             if len(batch) != n * self.world_size:  # a short last batch would leave ranks waiting on each other
-                raise ValueError(f"global batch of {len(batch)} images, expected {n * self.world_size}; "
-                                 "use a sampler that drops the last partial batch")
+                raise ValueError(
+                    f"global batch of {len(batch)} images, expected {n * self.world_size}; "
+                    "use a sampler that drops the last partial batch"
+                )
             yield batch[self.rank * n : (self.rank + 1) * n]
 
 

@@ -32,8 +32,10 @@ class WeightAverage:
 
     def __init__(self, modules: dict[str, nn.Module], decay: float) -> None:
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"train.ema={decay}: the EMA decay must lie strictly between 0 and 1 (e.g. 0.998; "
-                             "0 turns the average off)")
+            raise ValueError(
+                f"train.ema={decay}: the EMA decay must lie strictly between 0 and 1 (e.g. 0.998; "
+                "0 turns the average off)"
+            )
         self.decay = decay
         self.updates = 0
         self.shadow: dict[str, dict[str, torch.Tensor]] = {

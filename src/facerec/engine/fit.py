@@ -105,8 +105,13 @@ def prototypes_for(parts: FitParts, per_class: int = 8) -> torch.Tensor | None:
     first = torch.searchsorted(labels[order], labels[order], side="left")
     rank = torch.arange(len(order)) - first
     pick = order[rank < per_class]
-    e = embed(parts.model, parts.train.images[pick], parts.opts.device, flip=parts.flip_tta,
-              channels_last=parts.opts.channels_last)
+    e = embed(
+        parts.model,
+        parts.train.images[pick],
+        parts.opts.device,
+        flip=parts.flip_tta,
+        channels_last=parts.opts.channels_last,
+    )
     return class_prototypes(e, labels[pick], len(parts.train.classes))
 
 
@@ -130,8 +135,13 @@ def _validate(parts: FitParts) -> tuple[dict[str, float], np.ndarray | None]:
         e = embed(parts.model, parts.pairs.images, dev, flip=parts.flip_tta, channels_last=cl)
         s = score_pairs(e, parts.pairs.idx_a, parts.pairs.idx_b, parts.scoring)
         m = evaluate_pairs(s, parts.pairs.labels)
-        out.update(val_auc=m["auc"], val_eer=m["eer"], val_tar_far1e2=m["tar@far=1e-2"],
-                   val_best_acc=m["best_acc"], val_threshold=m["best_threshold"])
+        out.update(
+            val_auc=m["auc"],
+            val_eer=m["eer"],
+            val_tar_far1e2=m["tar@far=1e-2"],
+            val_best_acc=m["best_acc"],
+            val_threshold=m["best_threshold"],
+        )
         pair_scores = s.numpy()
     return out, pair_scores
 
@@ -185,9 +195,18 @@ def fit(
         result = train_one_epoch(
             parts.train_model if parts.train_model is not None else parts.model,  # a compiled module has no bool
             parts.train_loss if parts.train_loss is not None else parts.loss_fn,
-            epoch_batches(parts.train, parts.sampler, gen, parts.opts.device, skip), len(parts.sampler) - skip,
-            parts.optimizer, parts.schedule, state.global_step, parts.aug, aug_gen, parts.opts, progress, epoch,
-            should_stop, parts.ema,
+            epoch_batches(parts.train, parts.sampler, gen, parts.opts.device, skip),
+            len(parts.sampler) - skip,
+            parts.optimizer,
+            parts.schedule,
+            state.global_step,
+            parts.aug,
+            aug_gen,
+            parts.opts,
+            progress,
+            epoch,
+            should_stop,
+            parts.ema,
         )
         if skip:
             result = merge_partial(state.partial, result)
@@ -199,14 +218,25 @@ def fit(
             state.step_in_epoch, state.partial = skip + batches, _numbers(result)
             state.aug_state = aug_gen.get_state()
         if parts.dist.enabled:  # every rank steps in lockstep: the job's throughput is N x rank 0's
-            result.update(images=result["images"] * parts.dist.world_size,
-                          images_per_s=result["images_per_s"] * parts.dist.world_size)
+            result.update(
+                images=result["images"] * parts.dist.world_size,
+                images_per_s=result["images_per_s"] * parts.dist.world_size,
+            )
         summary: dict[str, Any] = {"epoch": epoch + 1, **result}
         # reload last.pt, lower LR; rank 0 decides (BatchNorm buffers differ per rank): all ranks roll back
         if not interrupted and parts.dist.broadcast(parts.opts.faults.triggered(result, parts.model)):
             rollbacks += 1
-            summary.update(recover_from_faults(parts.model, parts.loss_fn, parts.optimizer, run_dir / "last.pt",
-                                               parts.opts.faults, rollbacks, parts.ema))
+            summary.update(
+                recover_from_faults(
+                    parts.model,
+                    parts.loss_fn,
+                    parts.optimizer,
+                    run_dir / "last.pt",
+                    parts.opts.faults,
+                    rollbacks,
+                    parts.ema,
+                )
+            )
         val_scores = None
         if not interrupted and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
             val, val_scores = validate(parts) if main else ({}, None)
@@ -214,8 +244,16 @@ def fit(
         summary["epoch_time_s"] = time.time() - t0
         summary["elapsed_s"] = time.time() - t_start
         if interrupted and main:
-            save_checkpoint({**checkpoint_extra(), "epoch": state.epoch, "global_step": state.global_step,
-                             "fit_state": _state_dict(state), "rng": rng_state()}, run_dir / "last.pt")
+            save_checkpoint(
+                {
+                    **checkpoint_extra(),
+                    "epoch": state.epoch,
+                    "global_step": state.global_step,
+                    "fit_state": _state_dict(state),
+                    "rng": rng_state(),
+                },
+                run_dir / "last.pt",
+            )
             metrics.write("interrupted", epoch=epoch + 1, step=result["steps"])
             print(f"interrupted: saved {run_dir / 'last.pt'}; continue with --resume", flush=True)
         if interrupted:
@@ -230,11 +268,20 @@ def fit(
         state.history.append(summary)
         if main:
             metrics.write("epoch", **summary)
-            shown = {k: v for k, v in summary.items()
-                     if k.startswith("val_") or k in ("train_loss", "train_acc", "images_per_s")}
+            shown = {
+                k: v
+                for k, v in summary.items()
+                if k.startswith("val_") or k in ("train_loss", "train_acc", "images_per_s")
+            }
             progress.epoch_end(epoch, summary["epoch_time_s"], shown)
-            ckpt = {**checkpoint_extra(), "epoch": state.epoch, "global_step": state.global_step,
-                    "fit_state": _state_dict(state), "rng": rng_state(), "metrics": _numbers(summary)}
+            ckpt = {
+                **checkpoint_extra(),
+                "epoch": state.epoch,
+                "global_step": state.global_step,
+                "fit_state": _state_dict(state),
+                "rng": rng_state(),
+                "metrics": _numbers(summary),
+            }
             save_checkpoint(ckpt, run_dir / "last.pt")
             if improved or not (run_dir / "best.pt").exists():
                 if val_scores is not None:
@@ -244,8 +291,11 @@ def fit(
         measured = _metric_value(best_metric, summary) is not None
         if early_stop and measured and epoch + 1 < epochs and epoch + 1 - state.best_epoch >= early_stop:
             if main:
-                print(f"early stop after epoch {epoch + 1}: no better {best_metric} for {early_stop} epochs (best "
-                      f"at epoch {state.best_epoch})", flush=True)
+                print(
+                    f"early stop after epoch {epoch + 1}: no better {best_metric} for {early_stop} epochs (best "
+                    f"at epoch {state.best_epoch})",
+                    flush=True,
+                )
                 metrics.write("early_stop", epoch=epoch + 1, best_epoch=state.best_epoch)
             break
         # rank 0's clock decides, so that every rank stops after the same epoch
@@ -285,12 +335,24 @@ def _numbers(d: dict[str, Any]) -> dict[str, float]:
 
 
 def _state_dict(state: FitState) -> dict[str, Any]:
-    return {"epoch": state.epoch, "global_step": state.global_step, "best_value": state.best_value,
-            "best_epoch": state.best_epoch, "step_in_epoch": state.step_in_epoch, "partial": state.partial,
-            "aug_state": state.aug_state}
+    return {
+        "epoch": state.epoch,
+        "global_step": state.global_step,
+        "best_value": state.best_value,
+        "best_epoch": state.best_epoch,
+        "step_in_epoch": state.step_in_epoch,
+        "partial": state.partial,
+        "aug_state": state.aug_state,
+    }
 
 
 def load_fit_state(d: dict[str, Any]) -> FitState:
-    return FitState(epoch=d["epoch"], global_step=d["global_step"], best_value=d["best_value"],
-                    best_epoch=d["best_epoch"], step_in_epoch=d.get("step_in_epoch", 0),
-                    partial=d.get("partial") or {}, aug_state=d.get("aug_state"))
+    return FitState(
+        epoch=d["epoch"],
+        global_step=d["global_step"],
+        best_value=d["best_value"],
+        best_epoch=d["best_epoch"],
+        step_in_epoch=d.get("step_in_epoch", 0),
+        partial=d.get("partial") or {},
+        aug_state=d.get("aug_state"),
+    )

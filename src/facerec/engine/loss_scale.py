@@ -34,8 +34,10 @@ class LossScale:
     ) -> None:
         init_scale = INIT_SCALE if init_scale is None else init_scale
         if not (growth_factor > 1.0 and 0.0 < backoff_factor < 1.0 and growth_interval >= 1 and init_scale > 0):
-            raise ValueError("LossScale needs growth_factor > 1, 0 < backoff_factor < 1, growth_interval >= 1 and "
-                             "init_scale > 0")
+            raise ValueError(
+                "LossScale needs growth_factor > 1, 0 < backoff_factor < 1, growth_interval >= 1 and "
+                "init_scale > 0"
+            )
         self.scale = torch.full((), float(init_scale), device=device)
         self.good_steps = torch.zeros((), dtype=torch.int32, device=device)
         self.growth_factor, self.backoff_factor = growth_factor, backoff_factor
@@ -52,9 +54,13 @@ class LossScale:
         self.good_steps.copy_(torch.where(finite & ~due, self.good_steps + 1, 0))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale.item(), "good_steps": int(self.good_steps.item()),
-                "growth_factor": self.growth_factor, "backoff_factor": self.backoff_factor,
-                "growth_interval": self.growth_interval}
+        return {
+            "scale": self.scale.item(),
+            "good_steps": int(self.good_steps.item()),
+            "growth_factor": self.growth_factor,
+            "backoff_factor": self.backoff_factor,
+            "growth_interval": self.growth_interval,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scale.fill_(float(state["scale"]))

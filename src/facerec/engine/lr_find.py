@@ -108,8 +108,9 @@ def steepest_descent(lrs: list[float], smoothed: list[float], skip_start: int = 
     return float(lrs[skip_start + i]) if slope[i] < 0 else None
 
 
-def find_lr(cfg: Config, start: float = 1e-5, end: float = 10.0, steps: int = 100, diverge: float = 4.0,
-            log: Log = print) -> LRFindResult:
+def find_lr(
+    cfg: Config, start: float = 1e-5, end: float = 10.0, steps: int = 100, diverge: float = 4.0, log: Log = print
+) -> LRFindResult:
     """Run the range test on a fresh model built from `cfg` (data.root must be set). The optimiser's groups keep
     their relative rates (`optim.loss_lr`), as in training."""
     sweep = GeometricSweep(start, end, steps)
@@ -154,13 +155,16 @@ def find_lr(cfg: Config, start: float = 1e-5, end: float = 10.0, steps: int = 10
         best = min(best, current)
         if not math.isfinite(losses[-1]) or current > diverge * best:
             stopped_at = lrs[-1]
-            log(f"stopped at lr {stopped_at:.3g}: the loss "
-                + ("was not finite" if not math.isfinite(losses[-1]) else f"passed {diverge:g}x its minimum"))
+            log(
+                f"stopped at lr {stopped_at:.3g}: the loss "
+                + ("was not finite" if not math.isfinite(losses[-1]) else f"passed {diverge:g}x its minimum")
+            )
             break
         if (i + 1) % 20 == 0:
             log(f"step {i + 1}/{steps}  lr {lrs[-1]:.3g}  loss {current:.4f}")
-    return LRFindResult(lrs, losses, smoothed, lowest_loss(lrs, smoothed), steepest_descent(lrs, smoothed),
-                        stopped_at)
+    return LRFindResult(
+        lrs, losses, smoothed, lowest_loss(lrs, smoothed), steepest_descent(lrs, smoothed), stopped_at
+    )
 
 
 def write_outputs(result: LRFindResult, out: str | Path) -> list[Path]:
@@ -170,8 +174,10 @@ def write_outputs(result: LRFindResult, out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "lr_find.csv"
-    rows = [f"{lr:.6g},{loss:.6g},{s:.6g}" for lr, loss, s in zip(result.lrs, result.losses, result.smoothed,
-                                                                   strict=True)]
+    rows = [
+        f"{lr:.6g},{loss:.6g},{s:.6g}"
+        for lr, loss, s in zip(result.lrs, result.losses, result.smoothed, strict=True)
+    ]
     csv.write_text("lr,loss,smoothed_loss\n" + "\n".join(rows) + "\n")
     png = out / "lr_find.png"
     plot_lr_find(result.lrs, result.smoothed, result.suggestion, result.steepest, png)

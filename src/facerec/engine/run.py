@@ -78,15 +78,21 @@ def amp_advice(setting: str, device: torch.device, has_bf16: bool) -> str | None
     if device.type != "cpu":
         return None
     if amp == "fp16":
-        return ("warning: train.amp=fp16 is for CUDA GPUs (it lets cuDNN run the BatchNorms); CPUs lack fast fp16 "
-                "kernels (80x slower than fp32 in docs/benchmarks.md): use train.amp=bf16 or off here")
+        return (
+            "warning: train.amp=fp16 is for CUDA GPUs (it lets cuDNN run the BatchNorms); CPUs lack fast fp16 "
+            "kernels (80x slower than fp32 in docs/benchmarks.md): use train.amp=bf16 or off here"
+        )
     if amp == "bf16" and not has_bf16:
-        return ("warning: train.amp=bf16 on a CPU without bf16 matrix instructions (no AMX or AVX512-BF16 in "
-                "/proc/cpuinfo): bf16 is emulated and trained 1.5x slower than fp32 in docs/benchmarks.md; "
-                "use train.amp=off here")
+        return (
+            "warning: train.amp=bf16 on a CPU without bf16 matrix instructions (no AMX or AVX512-BF16 in "
+            "/proc/cpuinfo): bf16 is emulated and trained 1.5x slower than fp32 in docs/benchmarks.md; "
+            "use train.amp=off here"
+        )
     if setting == "auto" and has_bf16:  # not when the user chose "off"
-        return ("hint: this CPU has bf16 matrix instructions; train.amp=bf16 trained the cpu recipe 1.6-1.8x "
-                "faster at the same val AUC (docs/benchmarks.md)")
+        return (
+            "hint: this CPU has bf16 matrix instructions; train.amp=bf16 trained the cpu recipe 1.6-1.8x "
+            "faster at the same val AUC (docs/benchmarks.md)"
+        )
     return None
 
 
@@ -137,26 +143,33 @@ def load_data(cfg: Config, log: Log = print) -> tuple[Hw2p2Layout, ImageSet, Ima
     val = None
     if d.holdout or d.val_per_class:
         n_classes, n_images = len(train.classes), len(train)
-        train, val, held_pairs = split_validation(train, d.holdout, d.holdout_pairs, d.val_per_class,
-                                                  cfg.train.seed, train_image_root(cfg, layout.train))
+        train, val, held_pairs = split_validation(
+            train, d.holdout, d.holdout_pairs, d.val_per_class, cfg.train.seed, train_image_root(cfg, layout.train)
+        )
         if held_pairs is not None:
             pairs = held_pairs
             n_same = int(pairs.labels.sum()) if pairs.labels is not None else 0
             n_held = n_images - len(train) - (len(val) if val is not None else 0)
-            log(f"held out {n_classes - len(train.classes)} identities ({n_held} images) for verification: "
-                f"{len(pairs)} val pairs ({n_same} same)")
+            log(
+                f"held out {n_classes - len(train.classes)} identities ({n_held} images) for verification: "
+                f"{len(pairs)} val pairs ({n_same} same)"
+            )
         if val is not None:
             if val_dir is not None:
-                log(f"data.val_per_class={d.val_per_class}: val accuracy on images held out of training, not on "
-                    f"{val_dir}")
+                log(
+                    f"data.val_per_class={d.val_per_class}: val accuracy on images held out of training, not on "
+                    f"{val_dir}"
+                )
             log(f"val: {len(val)} images held out of training ({d.val_per_class} per identity)")
         log(f"train: {len(train)} of {n_images} images, {len(train.classes)} identities")
     if val is None and val_dir is not None and not d.val_per_class:
         val = load_identity_folders(val_dir, d.image_size, train.classes, d.num_workers, d.cache, log)
         log(f"val: {len(val)} images")
     if pairs is None and val is None:
-        log("no validation data: best.pt follows the last epoch. Hold some out with data.holdout=0.1 "
-            "(identities, for val AUC) and/or data.val_per_class=2 (images, for val accuracy)")
+        log(
+            "no validation data: best.pt follows the last epoch. Hold some out with data.holdout=0.1 "
+            "(identities, for val AUC) and/or data.val_per_class=2 (images, for val accuracy)"
+        )
     return layout, train, val, pairs
 
 
@@ -166,8 +179,9 @@ def load_train_images(cfg: Config, train_dir: Path, log: Log = print) -> ImageSe
     d = cfg.data
     if is_pack(d.root):
         return subset(open_pack(d.root, d.image_size, log), d.max_per_class, d.max_classes)
-    return load_identity_folders(train_dir, d.image_size, None, d.num_workers, d.cache, log, d.max_per_class,
-                                 d.max_classes)
+    return load_identity_folders(
+        train_dir, d.image_size, None, d.num_workers, d.cache, log, d.max_per_class, d.max_classes
+    )
 
 
 def train_image_root(cfg: Config, train_dir: Path) -> Path:
@@ -264,8 +278,9 @@ def _quiet(message: str) -> None:
     """The log of ranks other than 0."""
 
 
-def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistContext, device: torch.device
-         ) -> FitState:
+def _run(
+    cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistContext, device: torch.device
+) -> FitState:
     resume_state = _resume_state(run_dir, resume)
     if resume_state is not None:
         log(f"resuming after epoch {resume_state['epoch']} from {run_dir}")
@@ -296,8 +311,9 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
     if ctx.enabled:
         sampler = ShardedBatchSampler(sampler, ctx.rank, ctx.world_size)
     steps = len(sampler) if not t.max_steps_per_epoch else min(len(sampler), t.max_steps_per_epoch)
-    schedule = LRSchedule(o.lr, t.epochs, steps, o.schedule, o.warmup_epochs, o.min_lr, o.step_size, o.gamma,
-                          o.patience)
+    schedule = LRSchedule(
+        o.lr, t.epochs, steps, o.schedule, o.warmup_epochs, o.min_lr, o.step_size, o.gamma, o.patience
+    )
     state = FitState()
     if resume_state is not None:  # with a weight average, "model" / "loss" hold the average (engine/ema.py)
         model_state, loss_state = optimiser_weights(resume_state)
@@ -325,9 +341,24 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
         # torch's warning, instead of stopping the run at its first step
         dynamo.config.suppress_errors = True
         train_model = torch.compile(train_model)
-    parts = FitParts(model, loss_fn, optimizer, schedule, train_set, sampler, get_preset(cfg.data.augment), opts,
-                     val, pairs, resolve_scoring(cfg, loss_fn), t.flip_tta, train_model=train_model,
-                     train_loss=GatherLoss(loss_fn) if ctx.enabled else None, dist=ctx, ema=ema)
+    parts = FitParts(
+        model,
+        loss_fn,
+        optimizer,
+        schedule,
+        train_set,
+        sampler,
+        get_preset(cfg.data.augment),
+        opts,
+        val,
+        pairs,
+        resolve_scoring(cfg, loss_fn),
+        t.flip_tta,
+        train_model=train_model,
+        train_loss=GatherLoss(loss_fn) if ctx.enabled else None,
+        dist=ctx,
+        ema=ema,
+    )
     metrics = MetricsLog(run_dir) if ctx.is_main else None
     if ctx.is_main:
         save_config(cfg, run_dir / "config.yaml")
@@ -335,26 +366,58 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistCont
             _save_holdout_pairs(pairs, run_dir, train_image_root(cfg, layout.train), log)
         (run_dir / "model_summary.txt").write_text(f"{model}\n\nparameters: {count_parameters(model):,}\n")
     if metrics is not None and resume_state is None:
-        metrics.write("start", device=str(device), num_params=count_parameters(model),
-                      num_classes=len(train_set.classes), num_train_images=len(train_set), torch=torch.__version__,
-                      threads=torch.get_num_threads(), cpu_count=os.cpu_count(), scoring=parts.scoring,
-                      sampler=type(sampler).__name__, world_size=ctx.world_size)
+        metrics.write(
+            "start",
+            device=str(device),
+            num_params=count_parameters(model),
+            num_classes=len(train_set.classes),
+            num_train_images=len(train_set),
+            torch=torch.__version__,
+            threads=torch.get_num_threads(),
+            cpu_count=os.cpu_count(),
+            scoring=parts.scoring,
+            sampler=type(sampler).__name__,
+            world_size=ctx.world_size,
+        )
 
     def extra() -> dict[str, Any]:
         weights = {"model": model.state_dict(), "loss": loss_fn.state_dict()}
         if ema is not None:  # what evaluation and inference use, then the optimiser's own weights for --resume
-            weights = {"model": ema.state_dict("model"), "loss": ema.state_dict("loss"), "ema": ema.counters(),
-                       "train_model": weights["model"], "train_loss": weights["loss"]}
-        return {"config": config_to_dict(cfg), "classes": train_set.classes, **weights,
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "scoring": parts.scoring,
-                **({"loss_scale": opts.loss_scale.state_dict()} if opts.loss_scale is not None else {})}
+            weights = {
+                "model": ema.state_dict("model"),
+                "loss": ema.state_dict("loss"),
+                "ema": ema.counters(),
+                "train_model": weights["model"],
+                "train_loss": weights["loss"],
+            }
+        return {
+            "config": config_to_dict(cfg),
+            "classes": train_set.classes,
+            **weights,
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scoring": parts.scoring,
+            **({"loss_scale": opts.loss_scale.state_dict()} if opts.loss_scale is not None else {}),
+        }
 
     t0 = time.time()
     # Several ranks could stop after different steps and leave the others waiting in a collective: under torchrun
     # Ctrl-C simply ends the job, and --resume continues from the last epoch's last.pt.
     with _StopFlag(install=not ctx.enabled) as flag:
-        state = fit(parts, state, t.epochs, run_dir, t.seed, extra, metrics, t.best_metric, t.eval_every,
-                    t.time_limit_min * 60, lambda: flag.stop, t.early_stop)
+        state = fit(
+            parts,
+            state,
+            t.epochs,
+            run_dir,
+            t.seed,
+            extra,
+            metrics,
+            t.best_metric,
+            t.eval_every,
+            t.time_limit_min * 60,
+            lambda: flag.stop,
+            t.early_stop,
+        )
     if metrics is not None:
         if state.epoch >= t.epochs or not flag.stop:
             _finalise(run_dir, parts, metrics, state, t.best_metric, time.time() - t0, log)
@@ -366,16 +429,27 @@ def _save_holdout_pairs(pairs: PairSet, run_dir: Path, train_root: Path, log: Lo
     """RUN/holdout_pairs.txt: the held-out pairs in the val pair-file format, to score any model on them later."""
     names = pairs.pairs.a + pairs.pairs.b
     if any(len(n.split()) != 1 for n in names) or any(Path(n).is_absolute() for n in names):
-        log("holdout pairs not written to a file: some image paths contain spaces or are not under the training "
-            "root")
+        log(
+            "holdout pairs not written to a file: some image paths contain spaces or are not under the training "
+            "root"
+        )
         return
     write_pair_file(pairs.pairs, run_dir / "holdout_pairs.txt")
-    log(f"held-out pairs: {run_dir / 'holdout_pairs.txt'} (score a model on them with `facerec evaluate "
-        f"--checkpoint CKPT --pairs {run_dir / 'holdout_pairs.txt'} --root {train_root}`)")
+    log(
+        f"held-out pairs: {run_dir / 'holdout_pairs.txt'} (score a model on them with `facerec evaluate "
+        f"--checkpoint CKPT --pairs {run_dir / 'holdout_pairs.txt'} --root {train_root}`)"
+    )
 
 
-def _finalise(run_dir: Path, parts: FitParts, metrics: MetricsLog, state: FitState, best_metric: str,
-              seconds: float, log: Log) -> None:
+def _finalise(
+    run_dir: Path,
+    parts: FitParts,
+    metrics: MetricsLog,
+    state: FitState,
+    best_metric: str,
+    seconds: float,
+    log: Log,
+) -> None:
     """Add what inference needs to best.pt: the decision threshold and, for losses without a classifier,
     class prototypes."""
     best = load_checkpoint(run_dir / "best.pt")
@@ -390,13 +464,15 @@ def _finalise(run_dir: Path, parts: FitParts, metrics: MetricsLog, state: FitSta
         best["threshold_source"] = "best-accuracy threshold on the val pairs"
     save_checkpoint({k: v for k, v in best.items() if k not in ("format", "version")}, run_dir / "best.pt")
     best_value = state.best_value if best_metric != "train_loss" or state.best_value is None else -state.best_value
-    metrics.write("end", best_epoch=state.best_epoch, best_metric=best_metric, best_value=best_value,
-                  total_time_s=seconds)
+    metrics.write(
+        "end", best_epoch=state.best_epoch, best_metric=best_metric, best_value=best_value, total_time_s=seconds
+    )
     log(f"done: best {best_metric} {best_value} at epoch {state.best_epoch}; checkpoint {run_dir / 'best.pt'}")
 
 
-def _weight_average(decay: float, model: torch.nn.Module, loss_fn: torch.nn.Module,
-                    resume_state: dict[str, Any] | None, log: Log) -> WeightAverage | None:
+def _weight_average(
+    decay: float, model: torch.nn.Module, loss_fn: torch.nn.Module, resume_state: dict[str, Any] | None, log: Log
+) -> WeightAverage | None:
     """train.ema: the weight average (None when 0), continued from the resumed checkpoint when that kept one."""
     if not decay:
         return None
@@ -417,9 +493,11 @@ def _init_weights(model: torch.nn.Module, path: str, log: Log) -> None:
     own = model.state_dict()
     shapes_differ = [k for k in own if k in source and source[k].shape != own[k].shape]
     if shapes_differ or set(own) != set(source):
-        raise CheckpointError(f"train.init_from={path}: its network differs from model.* of this config "
-                              f"(e.g. {(shapes_differ or sorted(set(own) ^ set(source)))[0]}); use the same "
-                              "backbone, neck and embedding_dim")
+        raise CheckpointError(
+            f"train.init_from={path}: its network differs from model.* of this config "
+            f"(e.g. {(shapes_differ or sorted(set(own) ^ set(source)))[0]}); use the same "
+            "backbone, neck and embedding_dim"
+        )
     model.load_state_dict(source)
     log(f"initialised the network from {path}")
 

@@ -51,8 +51,10 @@ class FaultPolicy:
         skipped = result.get("skipped_steps", 0)
         if skipped > self.max_skipped or (skipped > 0 and result.get("steps", 0) == 0):
             return True
-        return skipped > 0 and model is not None and not all(
-            bool(torch.isfinite(b).all()) for b in model.buffers() if b.is_floating_point()
+        return (
+            skipped > 0
+            and model is not None
+            and not all(bool(torch.isfinite(b).all()) for b in model.buffers() if b.is_floating_point())
         )
 
 
@@ -234,8 +236,16 @@ def train_one_epoch(
             n = labels.shape[0]
             good, fault = ok.float(), (~ok & ~overflow)
             hits = (loss_fn.logits(emb.detach().float()).argmax(1) == labels).sum() if loss_fn.has_logits else 0
-            sums += torch.stack([torch.where(ok, loss.detach() * n, 0.0), good * hits, good * n, good,
-                                 fault.float(), overflow.float()])
+            sums += torch.stack(
+                [
+                    torch.where(ok, loss.detach() * n, 0.0),
+                    good * hits,
+                    good * n,
+                    good,
+                    fault.float(),
+                    overflow.float(),
+                ]
+            )
             new = (first_bad[0] == 0) & fault
             bad = torch.stack([torch.full((), float(step), device=dev), loss.detach().float(), norm.float()])
             first_bad.copy_(torch.where(new, bad, first_bad))

@@ -29,8 +29,14 @@ def is_lfw_pair_file(path: str | Path) -> bool:
     return 1 <= len(first) <= 2 and all(f.isdigit() for f in first)
 
 
-def score_pair_file(fm: FaceModel, pairs_file: str | Path, root: str | Path, aligner: FaceAligner | None = None,
-                    flip: bool = True, log: Callable[[str], None] = print) -> tuple[np.ndarray, np.ndarray]:
+def score_pair_file(
+    fm: FaceModel,
+    pairs_file: str | Path,
+    root: str | Path,
+    aligner: FaceAligner | None = None,
+    flip: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores, labels) of a labelled pair file: LFW format (pairs.txt, pairsDevTest.txt) or `a b label` lines."""
     from facerec.evaluation.lfw import check_lfw_images, embed_photos, read_lfw_pairs
 
@@ -64,13 +70,27 @@ def calibrate_scores(scores: np.ndarray, labels: np.ndarray, far: float) -> dict
         note = f"{n_neg} different pairs: the smallest non-zero FAR is {1 / n_neg:.1e}, above the target"
     else:
         note = ""
-    return {"threshold": thr, "far_target": far, "far": float((neg >= thr).mean()),
-            "tar": float((pos >= thr).mean()), "n_pairs": int(len(scores)), "n_different": n_neg, "note": note}
+    return {
+        "threshold": thr,
+        "far_target": far,
+        "far": float((neg >= thr).mean()),
+        "tar": float((pos >= thr).mean()),
+        "n_pairs": int(len(scores)),
+        "n_different": n_neg,
+        "note": note,
+    }
 
 
-def calibrate(checkpoint: str | Path, pairs_file: str | Path, root: str | Path, far: float,
-              out: str | Path | None = None, aligner: FaceAligner | None = None, flip: bool = True,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+def calibrate(
+    checkpoint: str | Path,
+    pairs_file: str | Path,
+    root: str | Path,
+    far: float,
+    out: str | Path | None = None,
+    aligner: FaceAligner | None = None,
+    flip: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Score the pairs with the checkpoint's model, choose the threshold for `far`, and write it into the
     checkpoint (or into a copy at `out`) as "threshold", "threshold_source" and "threshold_far"."""
     from facerec.inference.model import FaceModel
@@ -88,8 +108,10 @@ def calibrate(checkpoint: str | Path, pairs_file: str | Path, root: str | Path, 
     state.pop("format", None)
     state.pop("version", None)
     state["threshold"] = result["threshold"]
-    state["threshold_source"] = (f"calibrate: {Path(pairs_file).name} ({result['n_pairs']} pairs"
-                                 f"{', aligned' if aligner else ''}), FAR <= {far:g}")
+    state["threshold_source"] = (
+        f"calibrate: {Path(pairs_file).name} ({result['n_pairs']} pairs"
+        f"{', aligned' if aligner else ''}), FAR <= {far:g}"
+    )
     state["threshold_far"] = float(far)
     result["checkpoint"] = str(save_checkpoint(state, out or checkpoint))
     result["scoring"] = fm.scoring

@@ -44,8 +44,9 @@ def evaluate_held_out(
     cfg = fm.config
     d, seed = cfg.data, cfg.train.seed
     images = load_train_images(cfg, Path(root), log)
-    train, val, pairs = split_validation(images, d.holdout, d.holdout_pairs, d.val_per_class, seed,
-                                         train_image_root(cfg, Path(root)))
+    train, val, pairs = split_validation(
+        images, d.holdout, d.holdout_pairs, d.val_per_class, seed, train_image_root(cfg, Path(root))
+    )
     if train.classes != fm.classes:
         raise DataError(
             f"{root} no longer holds the identities this model trained on ({len(train.classes)} after the "
@@ -55,14 +56,17 @@ def evaluate_held_out(
     parts = [f"{len(val)} val images ({d.val_per_class} per identity)"] if val is not None else []
     if pairs is not None:
         parts.append(f"{len(pairs)} pairs of {len(images.classes) - len(fm.classes)} held-out identities")
-    log(f"{root} is this model's training folder: scoring what its run held out (seed {seed}): "
-        + " and ".join(parts))
+    log(
+        f"{root} is this model's training folder: scoring what its run held out (seed {seed}): "
+        + " and ".join(parts)
+    )
     out: dict[str, Any] = {}
     if val is not None:
         out.update(_accuracy(fm, val.images, val.labels, flip))
     if pairs is not None and pairs.labels is not None:
-        out.update(evaluate_pairs(pair_scores_for(fm, pairs, scoring, flip), pairs.labels),
-                   scoring=scoring or fm.scoring)
+        out.update(
+            evaluate_pairs(pair_scores_for(fm, pairs, scoring, flip), pairs.labels), scoring=scoring or fm.scoring
+        )
     return out
 
 
@@ -90,17 +94,21 @@ def evaluate_dataset(
     if is_pack(data):
         if _trained_on(fm, Path(data)) and held_out:
             return evaluate_held_out(fm, data, scoring, flip, log)
-        raise DataError(f"{data} is a pack: training images only, without a val split or pair file. Evaluate on "
-                        f"the dataset it was made from ({read_meta(data).get('source', 'its source folder')}), or "
-                        "give --pairs FILE --root DIR")
+        raise DataError(
+            f"{data} is a pack: training images only, without a val split or pair file. Evaluate on "
+            f"the dataset it was made from ({read_meta(data).get('source', 'its source folder')}), or "
+            "give --pairs FILE --root DIR"
+        )
     layout = detect_layout(data)
     out: dict[str, Any] = {}
     split = layout.val if layout.kind != "folder" else layout.train
     if layout.kind == "folder" and _trained_on(fm, layout.train):
         if held_out:
             return evaluate_held_out(fm, layout.train, scoring, flip, log)
-        log(f"warning: {layout.train} is the folder this model trained on, so its accuracy is on training images. "
-            "Train with data.holdout=0.1 and/or data.val_per_class=2 to keep validation out of it")
+        log(
+            f"warning: {layout.train} is the folder this model trained on, so its accuracy is on training images. "
+            "Train with data.holdout=0.1 and/or data.val_per_class=2 to keep validation out of it"
+        )
     if split is not None:
         out.update(evaluate_split(fm, split, flip, log))
     if layout.pairs_val is not None:

@@ -65,8 +65,9 @@ def pair_indices(labels: np.ndarray, max_pairs: int, seed: int = 0) -> tuple[np.
     return np.concatenate([si, di[pick]]), np.concatenate([sj, dj[pick]]), True
 
 
-def leave_one_out_identification(emb: torch.Tensor, labels: np.ndarray, scoring: str,
-                                 ks: tuple[int, ...] = (1, 5), chunk: int = 1024) -> dict[str, float]:
+def leave_one_out_identification(
+    emb: torch.Tensor, labels: np.ndarray, scoring: str, ks: tuple[int, ...] = (1, 5), chunk: int = 1024
+) -> dict[str, float]:
     """Rank-k identification with every other photo as the gallery, over the photos whose person has another
     photo: `rank{k}` = fraction whose k highest-scoring other photos include one of the same person."""
     y = torch.as_tensor(np.asarray(labels))
@@ -87,16 +88,23 @@ def leave_one_out_identification(emb: torch.Tensor, labels: np.ndarray, scoring:
     return {**{f"rank{k}": hits[k] / probes.numel() for k in ks}, "n_probes": int(probes.numel())}
 
 
-def benchmark_folder(fm: PairVerifier, root: str | Path, aligner: FaceAligner | None = None, flip: bool = True,
-                     max_pairs: int = 2_000_000, seed: int = 0,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+def benchmark_folder(
+    fm: PairVerifier,
+    root: str | Path,
+    aligner: FaceAligner | None = None,
+    flip: bool = True,
+    max_pairs: int = 2_000_000,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Verification over the pairs of an identity-folder dataset and leave-one-out identification (module
     notes). `fm` is a FaceModel or OnnxFaceModel; its scoring is used."""
     index = scan_identity_folders(root)
     people = len(set(index.labels))
     if people < 2 or len(index) < 3:
-        raise DataError(f"{root}: benchmarking needs at least 2 people and 3 photos; found {people} and "
-                        f"{len(index)}")
+        raise DataError(
+            f"{root}: benchmarking needs at least 2 people and 3 photos; found {people} and {len(index)}"
+        )
     log(f"{len(index)} photos of {people} people under {root}")
     emb, fallback = embed_photos(fm, index.paths, aligner, flip, log)
     labels = np.asarray(index.labels)
@@ -111,7 +119,10 @@ def benchmark_folder(fm: PairVerifier, root: str | Path, aligner: FaceAligner | 
         pairs="every same pair, a uniform sample of the different pairs" if sampled else "all",
         n_different_total=total - int(same.sum()),
         **leave_one_out_identification(emb, labels, fm.scoring),
-        n_images=len(index), n_people=people, scoring=fm.scoring, aligned=aligner is not None,
+        n_images=len(index),
+        n_people=people,
+        scoring=fm.scoring,
+        aligned=aligner is not None,
         no_face=[p.as_posix() for p in fallback],
     )
     return report

@@ -59,8 +59,10 @@ def _header(fields: list[str], path: Path) -> tuple[int, int]:
     except ValueError:
         values = []
     if len(values) not in (1, 2) or min(values) < 1:
-        raise DataError(f"{path}:1: expected the header 'FOLDS N' (pairs.txt, e.g. '10 300') or 'N' "
-                        f"(pairsDevTest.txt, e.g. '500'), got {' '.join(fields)!r}")
+        raise DataError(
+            f"{path}:1: expected the header 'FOLDS N' (pairs.txt, e.g. '10 300') or 'N' "
+            f"(pairsDevTest.txt, e.g. '500'), got {' '.join(fields)!r}"
+        )
     return (1, values[0]) if len(values) == 1 else (values[0], values[1])
 
 
@@ -76,8 +78,10 @@ def read_lfw_pairs(path: str | Path) -> LfwPairs:
     n_folds, n = _header(lines[0][1], path)
     body = lines[1:]
     if len(body) != 2 * n * n_folds:
-        raise DataError(f"{path}: the header promises {n_folds} fold(s) x ({n} matched + {n} mismatched) = "
-                        f"{2 * n * n_folds} pair lines, but the file has {len(body)}")
+        raise DataError(
+            f"{path}: the header promises {n_folds} fold(s) x ({n} matched + {n} mismatched) = "
+            f"{2 * n * n_folds} pair lines, but the file has {len(body)}"
+        )
     out = LfwPairs([], [], np.zeros(len(body), np.int64), np.zeros(len(body), np.int64), n_folds, path)
     for k, (line, fields) in enumerate(body):
         fold, same = k // (2 * n), (k % (2 * n)) < n
@@ -85,8 +89,10 @@ def read_lfw_pairs(path: str | Path) -> LfwPairs:
         if len(fields) != want:
             kind = "matched `name n1 n2`" if same else "mismatched `name1 n1 name2 n2`"
             part = "first" if same else "second"
-            raise DataError(f"{path}:{line}: expected a {kind} line (fold {fold + 1}, {part} {n} lines of the "
-                            f"fold), got {len(fields)} fields: {' '.join(fields)!r}")
+            raise DataError(
+                f"{path}:{line}: expected a {kind} line (fold {fold + 1}, {part} {n} lines of the "
+                f"fold), got {len(fields)} fields: {' '.join(fields)!r}"
+            )
         a = lfw_image(fields[0], fields[1], path, line)
         b = lfw_image(fields[0], fields[2], path, line) if same else lfw_image(fields[2], fields[3], path, line)
         out.a.append(a)
@@ -106,8 +112,10 @@ def check_lfw_images(pairs: LfwPairs, root: str | Path) -> list[Path]:
     if missing:
         first = next(i for i in range(len(pairs)) if pairs.a[i] in missing or pairs.b[i] in missing)
         more = f" ({len(missing) - 1} other images are missing too)" if len(missing) > 1 else ""
-        raise DataError(f"{pairs.source}:{pairs.line_numbers[first]}: image {root / missing[0]} not found{more}; "
-                        "--root must be the LFW folder of <name>/<name>_NNNN.jpg")
+        raise DataError(
+            f"{pairs.source}:{pairs.line_numbers[first]}: image {root / missing[0]} not found{more}; "
+            "--root must be the LFW folder of <name>/<name>_NNNN.jpg"
+        )
     return [root / rel for rel in unique]
 
 
@@ -127,21 +135,37 @@ def kfold_accuracy(scores: Any, labels: Any, folds: Any) -> dict[str, Any]:
         thr = best_threshold(s[train], y[train])
         accs.append(float(((s[test] >= thr) == (y[test] == 1)).mean()))
         thrs.append(thr)
-    protocol = (f"{len(ids)}-fold: threshold tuned on the other folds" if len(ids) > 1 else
-                "single fold: threshold tuned on the same pairs (optimistic accuracy)")
-    return {"protocol": protocol, "folds": int(len(ids)), "accuracy": float(np.mean(accs)),
-            "accuracy_std": float(np.std(accs)), "fold_accuracy": accs, "fold_threshold": thrs}
+    protocol = (
+        f"{len(ids)}-fold: threshold tuned on the other folds"
+        if len(ids) > 1
+        else "single fold: threshold tuned on the same pairs (optimistic accuracy)"
+    )
+    return {
+        "protocol": protocol,
+        "folds": int(len(ids)),
+        "accuracy": float(np.mean(accs)),
+        "accuracy_std": float(np.std(accs)),
+        "fold_accuracy": accs,
+        "fold_threshold": thrs,
+    }
 
 
 def lfw_report(scores: Any, labels: Any, folds: Any) -> dict[str, Any]:
     """The k-fold accuracy plus AUC, EER and TAR@FAR over all pairs."""
     overall = verification_report(scores, labels)
-    return {**kfold_accuracy(scores, labels, folds), **{k: overall[k] for k in overall if k not in ("best_acc",
-                                                                                                     "best_threshold")}}
+    return {
+        **kfold_accuracy(scores, labels, folds),
+        **{k: overall[k] for k in overall if k not in ("best_acc", "best_threshold")},
+    }
 
 
-def embed_photos(fm: FaceModel, paths: list[Path], aligner: FaceAligner | None, flip: bool = True,
-                 log: Callable[[str], None] = print) -> tuple[Any, list[Path]]:
+def embed_photos(
+    fm: FaceModel,
+    paths: list[Path],
+    aligner: FaceAligner | None,
+    flip: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[Any, list[Path]]:
     """(N, D) embeddings of photos, aligned first when `aligner` is given. A photo without a detected face is
     embedded as the whole image resized (LFW's photos are centred on a face); those paths are returned."""
     if aligner is None:
@@ -160,8 +184,14 @@ def embed_photos(fm: FaceModel, paths: list[Path], aligner: FaceAligner | None, 
     return fm.embed(crops, flip=flip), fallback
 
 
-def benchmark_lfw(fm: FaceModel, pairs_file: str | Path, root: str | Path, aligner: FaceAligner | None = None,
-                  flip: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def benchmark_lfw(
+    fm: FaceModel,
+    pairs_file: str | Path,
+    root: str | Path,
+    aligner: FaceAligner | None = None,
+    flip: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Score every pair of an LFW pair file with `fm` (its own scoring) and report the LFW protocol."""
     from facerec.metrics.verification import pair_scores
 
@@ -172,6 +202,10 @@ def benchmark_lfw(fm: FaceModel, pairs_file: str | Path, root: str | Path, align
     ia, ib = [index[a] for a in pairs.a], [index[b] for b in pairs.b]
     scores = pair_scores(emb[ia], emb[ib], fm.scoring).numpy()
     report = lfw_report(scores, pairs.labels, pairs.folds)
-    report.update(scoring=fm.scoring, n_images=len(paths), aligned=aligner is not None,
-                  no_face=[p.as_posix() for p in fallback])
+    report.update(
+        scoring=fm.scoring,
+        n_images=len(paths),
+        aligned=aligner is not None,
+        no_face=[p.as_posix() for p in fallback],
+    )
     return report

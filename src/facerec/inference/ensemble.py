@@ -88,8 +88,12 @@ class EnsembleFaceModel(FaceModel):
     def info(self) -> dict[str, Any]:
         """FaceModel.info's keys (backbone and loss name every member, as the ONNX sidecar does) + "members"."""
         members = [m.info() for m in self.members]
-        return {**super().info(), "backbone": "ensemble: " + " + ".join(m["backbone"] for m in members),
-                "loss": " + ".join(m["loss"] for m in members), "members": members}
+        return {
+            **super().info(),
+            "backbone": "ensemble: " + " + ".join(m["backbone"] for m in members),
+            "loss": " + ".join(m["loss"] for m in members),
+            "members": members,
+        }
 
 
 def check_compatible(members: Sequence[FaceModel]) -> None:
@@ -99,12 +103,16 @@ def check_compatible(members: Sequence[FaceModel]) -> None:
     for i, m in enumerate(members[1:], start=2):
         for what, a, b in (("image size", first.image_size, m.image_size), ("scoring", first.scoring, m.scoring)):
             if a != b:
-                raise EnsembleError(f"model 1 and model {i} differ in {what} ({a} against {b}); ensemble models "
-                                    "that compare faces the same way")
+                raise EnsembleError(
+                    f"model 1 and model {i} differ in {what} ({a} against {b}); ensemble models "
+                    "that compare faces the same way"
+                )
         if m.classes != first.classes:
-            raise EnsembleError(f"model 1 and model {i} were trained on different identities "
-                                f"({len(first.classes)} and {len(m.classes)}, or another order); ensemble models "
-                                "of one dataset")
+            raise EnsembleError(
+                f"model 1 and model {i} were trained on different identities "
+                f"({len(first.classes)} and {len(m.classes)}, or another order); ensemble models "
+                "of one dataset"
+            )
 
 
 def member_thresholds_combined(members: Sequence[FaceModel]) -> float | None:
@@ -118,8 +126,12 @@ def member_thresholds_combined(members: Sequence[FaceModel]) -> float | None:
     return -math.sqrt(sum(t * t for t in thresholds) / len(thresholds))
 
 
-def build_ensemble(checkpoints: Sequence[str | Path], out: str | Path, data: str | Path | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+def build_ensemble(
+    checkpoints: Sequence[str | Path],
+    out: str | Path,
+    data: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Write the ensemble of `checkpoints` to `out`. With `data` (a dataset with labelled val pairs and/or a val
     split), score every member and the ensemble there and store the ensemble's best-accuracy threshold on the val
     pairs. Returns {"members": [metrics...], "ensemble": metrics, "threshold", "threshold_source"}."""
@@ -144,11 +156,16 @@ def build_ensemble(checkpoints: Sequence[str | Path], out: str | Path, data: str
             threshold = float(result["ensemble"]["best_threshold"])
             source = "best-accuracy threshold on the val pairs"
     first = states[0]
-    combined = {"config": first["config"], "classes": first["classes"], "scoring": members[0].scoring,
-                "ensemble": states, "threshold": threshold, "threshold_source": source}
+    combined = {
+        "config": first["config"],
+        "classes": first["classes"],
+        "scoring": members[0].scoring,
+        "ensemble": states,
+        "threshold": threshold,
+        "threshold_source": source,
+    }
     if result["ensemble"]:  # the ensemble's own val metrics, as a run's best.pt carries its epoch's
         combined["metrics"] = {k: v for k, v in result["ensemble"].items() if isinstance(v, int | float)}
     save_checkpoint(combined, out)
     result.update(threshold=threshold, threshold_source=source, out=str(out))
     return result
-

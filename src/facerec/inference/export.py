@@ -36,20 +36,33 @@ def sidecar(state: dict[str, Any], opset: int) -> dict[str, Any]:
 
     cfg = config_from_dict(state["config"])
     size = cfg.data.image_size
-    model = {"backbone": cfg.model.backbone, "embedding_dim": cfg.model.embedding_dim, "neck": cfg.model.neck,
-             "loss": cfg.loss.name, "epoch": state.get("epoch")}
+    model = {
+        "backbone": cfg.model.backbone,
+        "embedding_dim": cfg.model.embedding_dim,
+        "neck": cfg.model.neck,
+        "loss": cfg.loss.name,
+        "epoch": state.get("epoch"),
+    }
     if "ensemble" in state:  # facerec.inference.ensemble: the members' embeddings side by side
         members = [config_from_dict(m["config"]).model for m in state["ensemble"]]
-        model.update(backbone="ensemble: " + " + ".join(m.backbone for m in members),
-                     embedding_dim=sum(m.embedding_dim for m in members), members=len(members))
+        model.update(
+            backbone="ensemble: " + " + ".join(m.backbone for m in members),
+            embedding_dim=sum(m.embedding_dim for m in members),
+            members=len(members),
+        )
     return {
         "format": SIDECAR_FORMAT,
         "version": 1,
         "model": model,
         "image_size": size,
         "input": {
-            "name": INPUT_NAME, "shape": ["N", 3, size, size], "dtype": "float32", "layout": "NCHW",
-            "channels": "RGB", "range": [-1.0, 1.0], "formula": "x = uint8_pixel / 127.5 - 1",
+            "name": INPUT_NAME,
+            "shape": ["N", 3, size, size],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "channels": "RGB",
+            "range": [-1.0, 1.0],
+            "formula": "x = uint8_pixel / 127.5 - 1",
             "resize": f"aligned face crop resized to {size}x{size} (bilinear, antialiased; aspect ratio not kept)",
         },
         "output": {"name": OUTPUT_NAME, "shape": ["N", model["embedding_dim"]], "normalised": False},
@@ -79,8 +92,9 @@ def _embedder(state: dict[str, Any]) -> torch.nn.Module:
     return model.eval()
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
-                dynamo: bool = False) -> tuple[Path, Path]:
+def export_onnx(
+    checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, dynamo: bool = False
+) -> tuple[Path, Path]:
     """Export the checkpoint's FaceEmbedder to ONNX; returns (onnx path, sidecar path).
 
     The graph maps (N, 3, S, S) float32 in [-1, 1] to (N, D) embeddings, N dynamic. `dynamo=False` uses the
@@ -96,13 +110,28 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its retirement
         if dynamo:
             batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(model, (dummy,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=opset, dynamo=True, external_data=False,
-                              dynamic_shapes={"x": {0: batch}})
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(out),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes={"x": {0: batch}},
+            )
         else:
-            torch.onnx.export(model, (dummy,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=opset, dynamo=False,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(out),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=False,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
     meta = sidecar(state, opset)
     _embed_metadata(out, meta)
     side = sidecar_path(out)
@@ -141,8 +170,9 @@ def compare_onnx(checkpoint: str | Path, onnx_path: str | Path, batch: int = 4, 
     return {"max_abs_diff": diff, "rel_err": diff / max(float(np.abs(ref).max()), 1e-12), "batch": batch}
 
 
-def export_model(checkpoint: str | Path, out: str | Path, half: bool = False, opset: int = DEFAULT_OPSET,
-                 dynamo: bool = False) -> list[Path]:
+def export_model(
+    checkpoint: str | Path, out: str | Path, half: bool = False, opset: int = DEFAULT_OPSET, dynamo: bool = False
+) -> list[Path]:
     """Dispatch on the output suffix: .pt/.pth -> slim inference checkpoint, .onnx -> ONNX + sidecar."""
     suffix = Path(out).suffix.lower()
     if suffix in PT_SUFFIXES:
@@ -151,5 +181,7 @@ def export_model(checkpoint: str | Path, out: str | Path, half: bool = False, op
         if half:
             raise ValueError("--half applies to .pt exports only; ONNX models are exported in fp32")
         return list(export_onnx(checkpoint, out, opset=opset, dynamo=dynamo))
-    raise ValueError(f"cannot tell the export format from {str(out)!r}; end --out with one of "
-                     f"{list(PT_SUFFIXES + ONNX_SUFFIXES)}")
+    raise ValueError(
+        f"cannot tell the export format from {str(out)!r}; end --out with one of "
+        f"{list(PT_SUFFIXES + ONNX_SUFFIXES)}"
+    )

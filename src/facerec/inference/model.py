@@ -90,7 +90,7 @@ class FaceModel(PairVerifier):
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> FaceModel:
-        """A model file or run checkpoint; an ensemble file (facerec.inference.ensemble) gives an EnsembleFaceModel."""
+        """A model file or run checkpoint; an ensemble file (inference/ensemble.py) gives an EnsembleFaceModel."""
         state = load_checkpoint(path, map_location=device)
         if "ensemble" in state:
             from facerec.inference.ensemble import EnsembleFaceModel

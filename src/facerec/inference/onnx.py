@@ -51,8 +51,10 @@ def read_metadata(onnx_path: str | Path) -> dict[str, Any]:
 
         props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
         if METADATA_KEY not in props:
-            raise ValueError(f"{onnx_path} has no facerec metadata and no sidecar {side.name}; "
-                             "export it with `facerec export --out model.onnx`")
+            raise ValueError(
+                f"{onnx_path} has no facerec metadata and no sidecar {side.name}; "
+                "export it with `facerec export --out model.onnx`"
+            )
         meta = json.loads(props[METADATA_KEY])
     if meta.get("format") != SIDECAR_FORMAT:
         raise ValueError(f"{side} is not a facerec ONNX sidecar (format {meta.get('format')!r})")
@@ -62,8 +64,9 @@ def read_metadata(onnx_path: str | Path) -> dict[str, Any]:
 class OnnxFaceModel(PairVerifier):
     """A face model run by ONNX Runtime on the CPU (or any provider passed in)."""
 
-    def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 threads: int = 0) -> None:
+    def __init__(
+        self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -82,8 +85,9 @@ class OnnxFaceModel(PairVerifier):
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
-    def embed(self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True,
-              batch_size: int = 256) -> torch.Tensor:
+    def embed(
+        self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True, batch_size: int = 256
+    ) -> torch.Tensor:
         """Images (paths, PIL images, HxWx3 arrays, or a uint8 (N,S,S,3) tensor) -> (N, D) float32 embeddings."""
         u8 = images_to_uint8(images, self.image_size).numpy()
         out = []
@@ -98,14 +102,22 @@ class OnnxFaceModel(PairVerifier):
         return torch.cat(out) if out else torch.zeros(0, self.embedding_dim)
 
     def classify(self, images: Any, k: int = 1) -> list[list[tuple[str, float]]]:
-        raise NotImplementedError("closed-set classify needs the classifier weights, which an ONNX export lacks; "
-                                  "use the .pt model (facerec.load) or a gallery (identify)")
+        raise NotImplementedError(
+            "closed-set classify needs the classifier weights, which an ONNX export lacks; "
+            "use the .pt model (facerec.load) or a gallery (identify)"
+        )
 
     def info(self) -> dict[str, Any]:
         m = self.meta["model"]
-        return {"backbone": m["backbone"], "embedding_dim": m["embedding_dim"], "loss": m["loss"],
-                "scoring": self.scoring, "classes": len(self.classes), "threshold": self.threshold,
-                "backend": "onnxruntime"}
+        return {
+            "backbone": m["backbone"],
+            "embedding_dim": m["embedding_dim"],
+            "loss": m["loss"],
+            "scoring": self.scoring,
+            "classes": len(self.classes),
+            "threshold": self.threshold,
+            "backend": "onnxruntime",
+        }
 
 
 def load_any(path: str | Path, device: str = "cpu") -> Any:

@@ -96,8 +96,9 @@ def plot_score_hist(
     fig.savefig(path, dpi=110)
 
 
-def plot_lr_find(lrs: list[float], smoothed: list[float], suggestion: float | None, steepest: float | None,
-                 path: Path) -> None:
+def plot_lr_find(
+    lrs: list[float], smoothed: list[float], suggestion: float | None, steepest: float | None, path: Path
+) -> None:
     """The range test's smoothed loss against the learning rate (log axis), the suggested (lowest-loss) and the
     steepest-descent rates marked."""
     fig, (ax,) = _figure(1, 5.0)

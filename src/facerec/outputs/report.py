@@ -240,8 +240,11 @@ def _hyperparameters(cfg: dict, start: dict, epochs: list[dict]) -> str:
         ["Augmentation", f"{data.get('augment', '?')}, {data.get('image_size', '?')} px"],
         ["Epochs", f"{len(epochs)} run of {train.get('epochs', '?')} planned" + _early_stop(train)],
         ["Precision / seed", f"AMP {train.get('amp', '?')}, seed {train.get('seed', '?')}"],
-        ["Data", f"`{data.get('root', '?')}`, {_fmt(_float(start.get('num_train_images')), 'int')} training images"
-                 + _held_out(data)],
+        [
+            "Data",
+            f"`{data.get('root', '?')}`, {_fmt(_float(start.get('num_train_images')), 'int')} training images"
+            + _held_out(data),
+        ],
     ]
     return "## Hyperparameters\n\n" + _table(["Setting", "Value"], rows)
 
@@ -265,8 +268,9 @@ _RESULTS = (("val_acc", "Accuracy (top-1)", "pct"), ("val_top5", "Accuracy (top-
             ("val_auc", "Verification AUC", "dec"), ("val_eer", "EER", "pct"))  # fmt: skip
 
 
-def _results(epochs: list[dict], best: dict, end: dict, start: dict, ver: dict | None, held_out: bool = False
-             ) -> str:
+def _results(
+    epochs: list[dict], best: dict, end: dict, start: dict, ver: dict | None, held_out: bool = False
+) -> str:
     if not best:
         return "## Results\n\nNo epoch has finished yet."
     rows = []
@@ -283,7 +287,8 @@ def _results(epochs: list[dict], best: dict, end: dict, start: dict, ver: dict |
         )
         note = (
             f" Pair metrics use the checkpoint's {ver['n_pairs']} validation pairs ({ver['n_pos']} same"
-            + (", of identities held out of training" if held_out else "") + "): TAR "
+            + (", of identities held out of training" if held_out else "")
+            + "): TAR "
             "at the lowest threshold whose FAR stays within the target; the accuracy threshold is tuned on them."
         )
     table = _table(["Validation metric", f"Checkpoint (epoch {best['epoch']})", "Best over run"], rows)

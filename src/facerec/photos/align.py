@@ -31,8 +31,10 @@ TEMPLATE_64 = np.array(
     [[23.10, 30.40], [41.33, 30.23], [32.43, 41.14], [24.44, 50.35], [40.18, 50.26]], dtype=np.float64
 )
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-INSTALL_HINT = ("face detection needs facenet-pytorch; install it without its outdated torch pins: "
-                "pip install --no-deps facenet-pytorch==2.6.0 && pip install requests tqdm")
+INSTALL_HINT = (
+    "face detection needs facenet-pytorch; install it without its outdated torch pins: "
+    "pip install --no-deps facenet-pytorch==2.6.0 && pip install requests tqdm"
+)
 _MIN_WARP_SCALE = 0.4  # below this the photo is first shrunk with antialiasing (bilinear warps alias)
 _SMALL = 160  # images with a shorter side are upscaled (and padded) before detection: crops fill the frame
 
@@ -128,8 +130,14 @@ class FaceAligner:
         device: torch device for MTCNN.
     """
 
-    def __init__(self, size: int = 64, min_face_size: int = 20, min_score: float = 0.9, max_side: int = 1024,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        size: int = 64,
+        min_face_size: int = 20,
+        min_score: float = 0.9,
+        max_side: int = 1024,
+        device: str = "cpu",
+    ) -> None:
         self.size, self.min_score, self.max_side = size, min_score, max_side
         self.template = TEMPLATE_64 * (size / 64.0)
         self._mtcnn = _load_mtcnn(min_face_size, device)
@@ -212,8 +220,10 @@ def load_face(source: ImageLike, aligner: FaceAligner | None, by: str = "largest
         return photo
     faces = aligner.detect(photo)
     if not faces:
-        raise DataError(f"no face found in {source if isinstance(source, str | Path) else 'the image'}; "
-                        "use a photo with a visible face, or pass an already-aligned crop without --align")
+        raise DataError(
+            f"no face found in {source if isinstance(source, str | Path) else 'the image'}; "
+            "use a photo with a visible face, or pass an already-aligned crop without --align"
+        )
     return aligner.align_face(photo, pick_face(faces, by))
 
 
@@ -233,13 +243,19 @@ class FolderReport:
 
     def summary(self, skip_several: bool) -> str:
         several = "skipped" if skip_several else "kept the largest"
-        return (f"{self.written} aligned, {self.existing} already there, {len(self.no_face)} without a face, "
-                f"{len(self.several)} with several faces ({several}), {len(self.unreadable)} unreadable")
+        return (
+            f"{self.written} aligned, {self.existing} already there, {len(self.no_face)} without a face, "
+            f"{len(self.several)} with several faces ({several}), {len(self.unreadable)} unreadable"
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"written": self.written, "existing": self.existing, "no_face": self.no_face,
-                "several": [{"photo": p, "faces": n} for p, n in self.several], "unreadable":
-                [{"photo": p, "error": e} for p, e in self.unreadable]}
+        return {
+            "written": self.written,
+            "existing": self.existing,
+            "no_face": self.no_face,
+            "several": [{"photo": p, "faces": n} for p, n in self.several],
+            "unreadable": [{"photo": p, "error": e} for p, e in self.unreadable],
+        }
 
 
 def list_photos(root: Path) -> list[Path]:
@@ -251,8 +267,15 @@ def list_photos(root: Path) -> list[Path]:
     return found
 
 
-def align_folder(in_dir: str | Path, out_dir: str | Path, aligner: FaceAligner, skip_several: bool = False,
-                 by: str = "largest", overwrite: bool = False, log: Callable[[str], None] = print) -> FolderReport:
+def align_folder(
+    in_dir: str | Path,
+    out_dir: str | Path,
+    aligner: FaceAligner,
+    skip_several: bool = False,
+    by: str = "largest",
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> FolderReport:
     """Align every photo under `in_dir` into `out_dir`, keeping the folder structure (identity folders stay
     identity folders, a flat folder stays flat); each output is `<same relative path>.jpg`, one face per photo.
 

@@ -48,8 +48,9 @@ def score_to_distance(threshold: float, scoring: str) -> float:
     return 1.0 - threshold if scoring == "cosine" else -threshold
 
 
-def cluster_embeddings(emb: np.ndarray | torch.Tensor, scoring: str, threshold: float,
-                       linkage: str = "average") -> np.ndarray:
+def cluster_embeddings(
+    emb: np.ndarray | torch.Tensor, scoring: str, threshold: float, linkage: str = "average"
+) -> np.ndarray:
     """(N, D) embeddings -> (N,) cluster ids: 0 is the largest cluster, then by size (ties: the cluster of the
     earlier photo first); a photo like no other is a cluster of its own."""
     if linkage not in LINKAGES:
@@ -58,8 +59,10 @@ def cluster_embeddings(emb: np.ndarray | torch.Tensor, scoring: str, threshold: 
         raise ValueError(f"unknown scoring {scoring!r}; choose cosine or euclidean")
     n = len(emb)
     if n > MAX_IMAGES:
-        raise DataError(f"{n} photos are more than clustering takes at once ({MAX_IMAGES:,}: the distance matrix "
-                        "is N x N); cluster the folders separately, or a sample of the photos")
+        raise DataError(
+            f"{n} photos are more than clustering takes at once ({MAX_IMAGES:,}: the distance matrix "
+            "is N x N); cluster the folders separately, or a sample of the photos"
+        )
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     if n == 1:
@@ -70,8 +73,9 @@ def cluster_embeddings(emb: np.ndarray | torch.Tensor, scoring: str, threshold: 
     if cut <= 0:  # nothing can merge: every distance is >= 0
         raw = np.arange(n)
     else:
-        raw = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage=linkage,
-                                      distance_threshold=cut).fit_predict(distance_matrix(emb, scoring))
+        raw = AgglomerativeClustering(
+            n_clusters=None, metric="precomputed", linkage=linkage, distance_threshold=cut
+        ).fit_predict(distance_matrix(emb, scoring))
     return relabel_by_size(raw)
 
 
@@ -87,9 +91,13 @@ def relabel_by_size(labels: np.ndarray) -> np.ndarray:
 
 def cluster_summary(labels: np.ndarray) -> dict[str, Any]:
     sizes = np.bincount(labels) if len(labels) else np.zeros(0, dtype=np.int64)
-    return {"photos": int(len(labels)), "clusters": int(len(sizes)),
-            "clusters_of_2_or_more": int((sizes >= 2).sum()), "singletons": int((sizes == 1).sum()),
-            "largest": int(sizes.max()) if len(sizes) else 0}
+    return {
+        "photos": int(len(labels)),
+        "clusters": int(len(sizes)),
+        "clusters_of_2_or_more": int((sizes >= 2).sum()),
+        "singletons": int((sizes == 1).sum()),
+        "largest": int(sizes.max()) if len(sizes) else 0,
+    }
 
 
 def clustering_scores(pred: np.ndarray, truth: Sequence[str] | np.ndarray) -> dict[str, float]:
@@ -105,9 +113,15 @@ def clustering_scores(pred: np.ndarray, truth: Sequence[str] | np.ndarray) -> di
     precision = tp / (tp + fp) if tp + fp else 1.0
     recall = tp / (tp + fn) if tp + fn else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"pair_precision": float(precision), "pair_recall": float(recall), "pair_f1": float(f1),
-            "ari": float(adjusted_rand_score(t, pred)), "nmi": float(normalized_mutual_info_score(t, pred)),
-            "identities": int(t.max() + 1) if len(t) else 0, "clusters": int(len(np.unique(pred)))}
+    return {
+        "pair_precision": float(precision),
+        "pair_recall": float(recall),
+        "pair_f1": float(f1),
+        "ari": float(adjusted_rand_score(t, pred)),
+        "nmi": float(normalized_mutual_info_score(t, pred)),
+        "identities": int(t.max() + 1) if len(t) else 0,
+        "clusters": int(len(np.unique(pred))),
+    }
 
 
 def write_clusters_csv(paths: Sequence[str], labels: np.ndarray, out: str | Path) -> Path:

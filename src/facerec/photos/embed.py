@@ -40,9 +40,14 @@ class EmbeddingSet:
         return len(self.paths)
 
     def summary(self) -> dict[str, Any]:
-        return {"embedded": len(self), "dim": int(self.embeddings.shape[1]) if self.embeddings.ndim == 2 else 0,
-                "scoring": self.scoring, "threshold": self.threshold, "unreadable": self.unreadable,
-                "no_face": self.no_face}
+        return {
+            "embedded": len(self),
+            "dim": int(self.embeddings.shape[1]) if self.embeddings.ndim == 2 else 0,
+            "scoring": self.scoring,
+            "threshold": self.threshold,
+            "unreadable": self.unreadable,
+            "no_face": self.no_face,
+        }
 
 
 def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -71,11 +76,17 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return unique
 
 
-def embed_files(fm: Any, inputs: Sequence[str | Path], aligner: Any = None, flip: bool = True,
-                chunk: int = 2048, log: Callable[[str], None] = print) -> EmbeddingSet:
+def embed_files(
+    fm: Any,
+    inputs: Sequence[str | Path],
+    aligner: Any = None,
+    flip: bool = True,
+    chunk: int = 2048,
+    log: Callable[[str], None] = print,
+) -> EmbeddingSet:
     """Embed every photo of `inputs` (files and folders) with `fm` (a FaceModel or OnnxFaceModel).
 
-    With `aligner` (facerec.photos.align.FaceAligner) each photo's face is detected and aligned first (the largest face
+    With `aligner` (photos.align.FaceAligner) each photo's face is detected and aligned first (the largest face
     when there are several); photos without a face are skipped and listed in `no_face`. Unreadable photos are
     skipped and listed in `unreadable`. DataError when no photo could be embedded.
     """
@@ -100,14 +111,17 @@ def embed_files(fm: Any, inputs: Sequence[str | Path], aligner: Any = None, flip
             kept += ok
         log(f"embedded {len(kept)}/{len(paths)} photos")
     if not kept:
-        raise DataError(f"none of the {len(paths)} photos could be embedded ({len(unreadable)} unreadable, "
-                        f"{len(no_face)} without a detected face)")
+        raise DataError(
+            f"none of the {len(paths)} photos could be embedded ({len(unreadable)} unreadable, "
+            f"{len(no_face)} without a detected face)"
+        )
     emb = torch.cat(parts).numpy().astype(np.float32)
     return EmbeddingSet(emb, kept, fm.scoring, fm.threshold, unreadable, no_face)
 
 
-def _aligned(batch: list[Path], aligner: Any, size: int, unreadable: list[str],
-             no_face: list[str]) -> tuple[list[str], torch.Tensor]:
+def _aligned(
+    batch: list[Path], aligner: Any, size: int, unreadable: list[str], no_face: list[str]
+) -> tuple[list[str], torch.Tensor]:
     from PIL import Image
 
     from facerec.photos.align import open_photo, pick_face
@@ -147,9 +161,13 @@ def save_embeddings(es: EmbeddingSet, path: str | Path) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     if fmt == ".npz":
         with open(tmp, "wb") as f:
-            np.savez(f, embeddings=es.embeddings.astype(np.float32), paths=np.asarray(es.paths, dtype=str),
-                     scoring=np.asarray(es.scoring),
-                     threshold=np.asarray(np.nan if es.threshold is None else es.threshold, dtype=np.float64))
+            np.savez(
+                f,
+                embeddings=es.embeddings.astype(np.float32),
+                paths=np.asarray(es.paths, dtype=str),
+                scoring=np.asarray(es.scoring),
+                threshold=np.asarray(np.nan if es.threshold is None else es.threshold, dtype=np.float64),
+            )
     else:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)

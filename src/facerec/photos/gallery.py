@@ -56,31 +56,47 @@ class Match:
 class Gallery:
     """Enrolled people in a folder. Create with `Gallery.open(dir, metric=, dim=)`; call `save()` after edits."""
 
-    def __init__(self, folder: Path, meta: dict[str, Any], vectors: np.ndarray, ids: np.ndarray,
-                 index: Any) -> None:
+    def __init__(
+        self, folder: Path, meta: dict[str, Any], vectors: np.ndarray, ids: np.ndarray, index: Any
+    ) -> None:
         self.folder, self.meta, self.vectors, self.ids, self.index = folder, meta, vectors, ids, index
 
     @classmethod
-    def open(cls, folder: str | Path, metric: str | None = None, dim: int | None = None,
-             fingerprint: str | None = None) -> Gallery:
+    def open(
+        cls, folder: str | Path, metric: str | None = None, dim: int | None = None, fingerprint: str | None = None
+    ) -> Gallery:
         """Open a gallery folder, or start an empty one there when `metric` and `dim` are given."""
         folder = Path(folder).expanduser()
         meta_path = folder / "gallery.json"
         if not meta_path.is_file():
             if metric is None or dim is None:
-                raise DataError(f"{folder} is not a gallery (no gallery.json); enroll someone first: "
-                                "facerec enroll NAME PHOTO... --gallery DIR --checkpoint C")
+                raise DataError(
+                    f"{folder} is not a gallery (no gallery.json); enroll someone first: "
+                    "facerec enroll NAME PHOTO... --gallery DIR --checkpoint C"
+                )
             if metric not in ("cosine", "euclidean"):
                 raise ValueError(f"unknown gallery metric {metric!r}; choose 'cosine' or 'euclidean'")
-            meta = {"format": FORMAT, "version": 1, "metric": metric, "dim": dim, "index": "flat", "nlist": 0,
-                    "nprobe": 0, "fingerprint": fingerprint, "next_id": 0, "entries": {}}
+            meta = {
+                "format": FORMAT,
+                "version": 1,
+                "metric": metric,
+                "dim": dim,
+                "index": "flat",
+                "nlist": 0,
+                "nprobe": 0,
+                "fingerprint": fingerprint,
+                "next_id": 0,
+                "entries": {},
+            }
             return cls(folder, meta, np.zeros((0, dim), np.float32), np.zeros(0, np.int64), _flat(metric, dim))
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:
             raise DataError(f"{meta_path} is not a facerec gallery file")
         if fingerprint is not None and meta.get("fingerprint") not in (None, fingerprint):
-            raise DataError(f"gallery {folder} was built with another model (fingerprint {meta['fingerprint']}, "
-                            f"this one {fingerprint}); use the checkpoint it was built with, or a new --gallery")
+            raise DataError(
+                f"gallery {folder} was built with another model (fingerprint {meta['fingerprint']}, "
+                f"this one {fingerprint}); use the checkpoint it was built with, or a new --gallery"
+            )
         index = _faiss().read_index(str(folder / "index.faiss"))
         vectors, ids = np.load(folder / "vectors.npy"), np.load(folder / "ids.npy")
         g = cls(folder, meta, vectors, ids, index)
@@ -103,8 +119,11 @@ class Gallery:
         return dict(sorted(counts.items()))
 
     def _prepare(self, embeddings: torch.Tensor | np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(np.asarray(embeddings.detach().cpu() if isinstance(embeddings, torch.Tensor)
-                                            else embeddings, dtype=np.float32))
+        x = np.ascontiguousarray(
+            np.asarray(
+                embeddings.detach().cpu() if isinstance(embeddings, torch.Tensor) else embeddings, dtype=np.float32
+            )
+        )
         if x.ndim != 2 or x.shape[1] != self.meta["dim"]:
             raise ValueError(f"expected (N, {self.meta['dim']}) embeddings, got shape {x.shape}")
         if self.metric == "cosine":
@@ -174,8 +193,10 @@ class Gallery:
         else:
             nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 vectors per list
             if n < nlist:
-                raise DataError(f"an IVF index with {nlist} lists needs at least {nlist} stored vectors, the "
-                                f"gallery has {n}; enroll more people or keep the flat index")
+                raise DataError(
+                    f"an IVF index with {nlist} lists needs at least {nlist} stored vectors, the "
+                    f"gallery has {n}; enroll more people or keep the flat index"
+                )
             faiss = _faiss()
             inner = self.metric == "cosine"
             quantizer = faiss.IndexFlatIP(d) if inner else faiss.IndexFlatL2(d)
@@ -217,13 +238,19 @@ def open_for_model(folder: str | Path, fm: Any, create: bool = False) -> Gallery
     return Gallery.open(folder, fingerprint=fp)
 
 
-def identify(gallery: Gallery, embeddings: torch.Tensor, k: int = 5, threshold: float | None = None
-             ) -> list[dict[str, Any]]:
+def identify(
+    gallery: Gallery, embeddings: torch.Tensor, k: int = 5, threshold: float | None = None
+) -> list[dict[str, Any]]:
     """Top-k matches per query; `name` is the best match, or "unknown" when its score is below `threshold`."""
     out = []
     for matches in gallery.search(embeddings, k):
         top = matches[0]
         known = threshold is None or top.score >= threshold
-        out.append({"name": top.name if known else "unknown", "score": top.score,
-                    "matches": [(m.name, m.score) for m in matches]})
+        out.append(
+            {
+                "name": top.name if known else "unknown",
+                "score": top.score,
+                "matches": [(m.name, m.score) for m in matches],
+            }
+        )
     return out

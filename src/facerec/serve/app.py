@@ -34,8 +34,9 @@ from facerec.serve.uploads import Limits, UploadError, check_content_type, decod
 class Service:
     """The state behind one app: the model and its lock, the optional gallery and aligner, the limits."""
 
-    def __init__(self, model: Model, gallery: Gallery | Unavailable | None, aligner: Aligner | None,
-                 limits: Limits) -> None:
+    def __init__(
+        self, model: Model, gallery: Gallery | Unavailable | None, aligner: Aligner | None, limits: Limits
+    ) -> None:
         self.model, self.gallery, self.aligner, self.limits = model, gallery, aligner, limits
         self.lock = threading.Lock()
 
@@ -45,13 +46,28 @@ class Service:
             return self.model.embed(torch.from_numpy(np.stack(crops)))
 
     def info(self) -> dict[str, Any]:
-        gallery = ("off" if self.gallery is None else
-                   self.gallery.reason if isinstance(self.gallery, Unavailable) else "on")
+        gallery = (
+            "off"
+            if self.gallery is None
+            else self.gallery.reason
+            if isinstance(self.gallery, Unavailable)
+            else "on"
+        )
         lim = self.limits
-        return {"model": self.model.info(), "image_size": self.model.image_size, "scoring": self.model.scoring,
-                "threshold": self.model.threshold, "gallery": gallery, "align": self.aligner is not None,
-                "limits": {"max_bytes": lim.max_bytes, "max_pixels": lim.max_pixels,
-                           "content_types": sorted(lim.content_types), "max_files": lim.max_files}}
+        return {
+            "model": self.model.info(),
+            "image_size": self.model.image_size,
+            "scoring": self.model.scoring,
+            "threshold": self.model.threshold,
+            "gallery": gallery,
+            "align": self.aligner is not None,
+            "limits": {
+                "max_bytes": lim.max_bytes,
+                "max_pixels": lim.max_pixels,
+                "content_types": sorted(lim.content_types),
+                "max_files": lim.max_files,
+            },
+        }
 
     def gallery_or_501(self) -> Gallery:
         if self.gallery is None:
@@ -66,8 +82,9 @@ class Service:
         for name, upload in files:
             check_content_type(upload.content_type, self.limits, name)
             data = await upload.read(self.limits.max_bytes + 1)
-            out.append(await run_in_threadpool(decode_face, data, self.model.image_size, self.limits, name,
-                                               self.aligner))
+            out.append(
+                await run_in_threadpool(decode_face, data, self.model.image_size, self.limits, name, self.aligner)
+            )
         return out
 
 
@@ -75,8 +92,14 @@ def _page() -> str:
     return resources.files("facerec.serve").joinpath("page.html").read_text(encoding="utf-8")
 
 
-def create_app(model: Model, *, gallery: Gallery | Unavailable | None = None, aligner: Aligner | None = None,
-               limits: Limits | None = None, max_k: int = 20) -> FastAPI:
+def create_app(
+    model: Model,
+    *,
+    gallery: Gallery | Unavailable | None = None,
+    aligner: Aligner | None = None,
+    limits: Limits | None = None,
+    max_k: int = 20,
+) -> FastAPI:
     """A FastAPI app serving `model` (api.FaceModel or onnx_backend.OnnxFaceModel).
 
     `gallery`: None (identify/enroll/delete answer 501), Unavailable(reason) (501 with that reason), or a
@@ -108,15 +131,22 @@ def _core_routes(svc: Service) -> APIRouter:
         return svc.info()
 
     @router.post("/api/verify")
-    async def verify(image_a: Annotated[UploadFile, File()], image_b: Annotated[UploadFile, File()],
-                     threshold: Annotated[float | None, Form()] = None,
-                     crops: Annotated[bool, Form()] = False) -> dict[str, Any]:
+    async def verify(
+        image_a: Annotated[UploadFile, File()],
+        image_b: Annotated[UploadFile, File()],
+        threshold: Annotated[float | None, Form()] = None,
+        crops: Annotated[bool, Form()] = False,
+    ) -> dict[str, Any]:
         a, b = await svc.crops([("image_a", image_a), ("image_b", image_b)])
         e = await run_in_threadpool(svc.embed, [a, b])
         score = float(pair_scores(e[:1], e[1:], svc.model.scoring)[0])
         thr = threshold if threshold is not None else svc.model.threshold
-        out: dict[str, Any] = {"score": score, "scoring": svc.model.scoring, "threshold": thr,
-                               "same": None if thr is None else bool(score >= thr)}
+        out: dict[str, Any] = {
+            "score": score,
+            "scoring": svc.model.scoring,
+            "threshold": thr,
+            "same": None if thr is None else bool(score >= thr),
+        }
         if crops:
             out["crops"] = {"image_a": png_base64(a), "image_b": png_base64(b)}
         return out
@@ -134,23 +164,30 @@ def _gallery_routes(svc: Service, max_k: int) -> APIRouter:
     router = APIRouter()
 
     @router.post("/api/identify")
-    async def identify(image: Annotated[UploadFile, File()], k: Annotated[int, Form(ge=1)] = 5,
-                       crops: Annotated[bool, Form()] = False) -> dict[str, Any]:
+    async def identify(
+        image: Annotated[UploadFile, File()],
+        k: Annotated[int, Form(ge=1)] = 5,
+        crops: Annotated[bool, Form()] = False,
+    ) -> dict[str, Any]:
         gallery = svc.gallery_or_501()
         (crop,) = await svc.crops([("image", image)])
         e = await run_in_threadpool(svc.embed, [crop])
         (matches,) = await run_in_threadpool(gallery.identify, e, min(k, max_k))
         thr = svc.model.threshold
         best = matches[0][0] if matches and (thr is None or matches[0][1] >= thr) else "unknown"
-        out: dict[str, Any] = {"identity": best if matches else None, "threshold": thr,
-                               "matches": [{"identity": n, "score": s} for n, s in matches]}
+        out: dict[str, Any] = {
+            "identity": best if matches else None,
+            "threshold": thr,
+            "matches": [{"identity": n, "score": s} for n, s in matches],
+        }
         if crops:
             out["crop"] = png_base64(crop)
         return out
 
     @router.post("/api/enroll")
-    async def enroll(identity: Annotated[str, Form(min_length=1, max_length=200)],
-                     images: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
+    async def enroll(
+        identity: Annotated[str, Form(min_length=1, max_length=200)], images: Annotated[list[UploadFile], File()]
+    ) -> dict[str, Any]:
         gallery = svc.gallery_or_501()
         name = identity.strip()
         if not name:

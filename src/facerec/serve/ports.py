@@ -1,6 +1,6 @@
 """What the service needs from a model, a gallery and an aligner: small interfaces, and adapters to facerec's.
 
-The service never imports facerec.photos.gallery or facerec.photos.align at module import: `load_gallery` / `load_aligner`
+The service never imports photos.gallery or photos.align at module import: `load_gallery` / `load_aligner`
 try them when the server starts, and the endpoints that need a missing part answer 501 with the reason.
 """
 
@@ -54,7 +54,7 @@ class Unavailable:
 
 
 class FacerecGallery:
-    """Adapts facerec.photos.gallery.Gallery (a FAISS index in a folder) to the `Gallery` interface: one lock around
+    """Adapts photos.gallery.Gallery (a FAISS index in a folder) to the `Gallery` interface: one lock around
     every call (requests run in a threadpool) and a save after every change."""
 
     def __init__(self, impl: Any) -> None:
@@ -92,8 +92,10 @@ class FacerecGallery:
 def load_gallery(model: Model, folder: str | Path | None) -> Gallery | Unavailable:
     """The facerec.photos.gallery folder for this model (created empty if new), or Unavailable(reason)."""
     if not folder:
-        return Unavailable("no gallery on this server: start it with `facerec serve --gallery DIR` to enable "
-                           "identify / enroll / delete")
+        return Unavailable(
+            "no gallery on this server: start it with `facerec serve --gallery DIR` to enable "
+            "identify / enroll / delete"
+        )
     try:
         from facerec.data.folder import DataError
         from facerec.photos import gallery as gallery_module

@@ -49,8 +49,11 @@ class Limits:
 def check_content_type(content_type: str | None, limits: Limits, name: str) -> None:
     ctype = (content_type or "").split(";")[0].strip().lower()
     if ctype not in limits.content_types:
-        raise UploadError(415, f"{name}: content type {ctype or 'missing'!r} is not accepted; "
-                               f"send one of {sorted(limits.content_types)}")
+        raise UploadError(
+            415,
+            f"{name}: content type {ctype or 'missing'!r} is not accepted; "
+            f"send one of {sorted(limits.content_types)}",
+        )
 
 
 def _open(data: bytes, limits: Limits, name: str) -> Image.Image:
@@ -64,13 +67,17 @@ def _open(data: bytes, limits: Limits, name: str) -> Image.Image:
     if img.format not in FORMATS:
         raise UploadError(415, f"{name}: image format {img.format} is not accepted; send JPEG, PNG, WebP or BMP")
     if img.width * img.height > limits.max_pixels:
-        raise UploadError(413, f"{name}: {img.width}x{img.height} = {img.width * img.height} pixels is over the "
-                               f"limit of {limits.max_pixels}; downscale the photo")
+        raise UploadError(
+            413,
+            f"{name}: {img.width}x{img.height} = {img.width * img.height} pixels is over the "
+            f"limit of {limits.max_pixels}; downscale the photo",
+        )
     return img
 
 
-def decode_face(data: bytes, size: int, limits: Limits, name: str = "image",
-                aligner: Aligner | None = None) -> np.ndarray:
+def decode_face(
+    data: bytes, size: int, limits: Limits, name: str = "image", aligner: Aligner | None = None
+) -> np.ndarray:
     """Uploaded bytes -> uint8 (size, size, 3) RGB: resized as load_image does, or aligned by `aligner`."""
     if not data:
         raise UploadError(400, f"{name}: the file is empty")
