@@ -22,8 +22,8 @@ import torch
 from _common import hardware
 
 from facerec.config import config_from_dict, config_to_dict
+from facerec.engine.build import build_loss_fn, build_model
 from facerec.engine.checkpoint import load_checkpoint, save_checkpoint
-from facerec.engine.run import build_loss_fn, build_model
 from facerec.inference.export import export_onnx
 from facerec.inference.model import FaceModel
 from facerec.inference.onnx import OnnxFaceModel

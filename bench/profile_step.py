@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from facerec.data.augment import get_preset
-from facerec.engine.run import resolve_amp, use_channels_last
+from facerec.engine.build import resolve_amp, use_channels_last
 from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
 from facerec.losses.base import build_combined_loss

@@ -36,8 +36,9 @@ from facerec.config import Config, apply_overrides, load_config, recipe_path
 from facerec.data.augment import get_preset
 from facerec.data.memory import ImageSet
 from facerec.data.sampler import RandomBatchSampler
+from facerec.engine.build import build_loss_fn, build_model, resolve_amp, use_channels_last
 from facerec.engine.fit import epoch_batches
-from facerec.engine.run import build_loss_fn, build_model, images_on_gpu, resolve_amp, use_channels_last
+from facerec.engine.run import images_on_gpu
 from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
 from facerec.losses.base import build_combined_loss

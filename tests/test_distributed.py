@@ -26,10 +26,10 @@ from conftest import make_hw2p2
 from facerec.cli.main import main
 from facerec.config import load_config
 from facerec.data.sampler import PKBatchSampler, RandomBatchSampler
+from facerec.engine.build import build_model
 from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.distributed import DistContext, GatherLoss, ShardedBatchSampler, wrap_model
 from facerec.engine.progress import read_metrics
-from facerec.engine.run import build_model
 from facerec.losses.base import build_combined_loss
 
 WORLD = 2

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from facerec.config import config_from_dict, config_to_dict
+from facerec.engine.build import build_loss_fn, build_model
 from facerec.engine.checkpoint import load_checkpoint, save_checkpoint
-from facerec.engine.run import build_loss_fn, build_model
 from facerec.inference.model import FaceModel
 
 CLASSES = ["1", "4", "7"]

@@ -12,9 +12,9 @@ import torch
 import facerec.engine.loss_scale as loss_scale
 from facerec.cli.main import main
 from facerec.data.augment import get_preset, to_input
+from facerec.engine.build import amp_advice, resolve_amp
 from facerec.engine.loss_scale import LossScale
 from facerec.engine.progress import read_metrics
-from facerec.engine.run import amp_advice, resolve_amp
 from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
 from facerec.losses.base import build_combined_loss

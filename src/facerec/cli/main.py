@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _device(name: str) -> str:
-    from facerec.engine.run import resolve_device
+    from facerec.engine.build import resolve_device
 
     return str(resolve_device(name))
 

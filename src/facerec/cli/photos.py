@@ -157,7 +157,7 @@ def _log(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 def _device(args: argparse.Namespace) -> str:
-    from facerec.engine.run import resolve_device
+    from facerec.engine.build import resolve_device
 
     return str(resolve_device(args.device))
 

@@ -25,17 +25,9 @@ from facerec.data.augment import get_preset
 from facerec.data.folder import DataError
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.pack import is_pack
+from facerec.engine.build import build_loss_fn, build_model, resolve_amp, resolve_device, use_channels_last
 from facerec.engine.fit import epoch_batches
-from facerec.engine.run import (
-    Log,
-    build_loss_fn,
-    build_model,
-    load_train_images,
-    make_sampler,
-    resolve_amp,
-    resolve_device,
-    use_channels_last,
-)
+from facerec.engine.run import Log, load_train_images, make_sampler
 from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
 
 

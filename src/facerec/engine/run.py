@@ -21,6 +21,16 @@ from facerec.data.memory import ImageSet, load_identity_folders
 from facerec.data.pack import image_root, is_pack, open_pack, read_meta, subset
 from facerec.data.pairset import PairSet, load_pairset
 from facerec.data.sampler import PKBatchSampler, RandomBatchSampler
+from facerec.engine.build import (
+    amp_advice,
+    build_loss_fn,
+    build_model,
+    cpu_has_bf16,
+    resolve_amp,
+    resolve_device,
+    resolve_scoring,
+    use_channels_last,
+)
 from facerec.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
 from facerec.engine.distributed import (
     DistContext,
@@ -35,91 +45,10 @@ from facerec.engine.fit import FitParts, FitState, fit, load_fit_state, prototyp
 from facerec.engine.progress import MetricsLog
 from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, build_optimizer
-from facerec.losses.base import SCORINGS, CombinedLoss, build_combined_loss
-from facerec.models.embedder import FaceEmbedder, count_parameters
+from facerec.losses.base import CombinedLoss
+from facerec.models.embedder import count_parameters
 
 Log = Callable[[str], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device asks for CUDA but no GPU is visible; use train.device=cpu or auto")
-    return dev
-
-
-def resolve_amp(setting: str, device: torch.device) -> str:
-    """train.amp: "auto" is bf16 autocast on CUDA and fp32 ("off") on the CPU; "bf16", "fp16" (with dynamic loss
-    scaling) and "off" are taken as they are, on any device."""
-    if setting not in ("auto", "bf16", "fp16", "off"):
-        raise ValueError(f"unknown train.amp {setting!r}; choose one of ['auto', 'bf16', 'fp16', 'off']")
-    if setting == "auto":
-        return "bf16" if device.type == "cuda" else "off"
-    return setting
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AMX or AVX512-BF16), where `train.amp=bf16` pays off on the
-    CPU. Read from /proc/cpuinfo; False where that is missing (not Linux)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def amp_advice(setting: str, device: torch.device, has_bf16: bool) -> str | None:
-    """A warning or hint about train.amp on a CPU (None when there is nothing to say): fp16 and, on CPUs without
-    bf16 instructions (`has_bf16`, see `cpu_has_bf16`), bf16 are emulated there and slower than fp32; on CPUs with
-    them, "auto" leaves a 1.6-1.8x speed-up unused (figures: docs/benchmarks.md)."""
-    amp = resolve_amp(setting, device)
-    if device.type != "cpu":
-        return None
-    if amp == "fp16":
-        return (
-            "warning: train.amp=fp16 is for CUDA GPUs (it lets cuDNN run the BatchNorms); CPUs lack fast fp16 "
-            "kernels (80x slower than fp32 in docs/benchmarks.md): use train.amp=bf16 or off here"
-        )
-    if amp == "bf16" and not has_bf16:
-        return (
-            "warning: train.amp=bf16 on a CPU without bf16 matrix instructions (no AMX or AVX512-BF16 in "
-            "/proc/cpuinfo): bf16 is emulated and trained 1.5x slower than fp32 in docs/benchmarks.md; "
-            "use train.amp=off here"
-        )
-    if setting == "auto" and has_bf16:  # not when the user chose "off"
-        return (
-            "hint: this CPU has bf16 matrix instructions; train.amp=bf16 trained the cpu recipe 1.6-1.8x "
-            "faster at the same val AUC (docs/benchmarks.md)"
-        )
-    return None
-
-
-def use_channels_last(setting: str, device: torch.device) -> bool:
-    """train.channels_last: "on", "off" or "auto". auto is on for every device: NHWC convolutions are the fast
-    path of cuDNN under bf16 and of oneDNN on CPU."""
-    if setting not in ("auto", "on", "off"):
-        raise ValueError(f"unknown train.channels_last {setting!r}; choose one of ['auto', 'on', 'off']")
-    return setting != "off"
-
-
-def build_model(cfg: Config) -> FaceEmbedder:
-    m = cfg.model
-    return FaceEmbedder(m.backbone, m.embedding_dim, m.dropout, m.neck, cfg.data.image_size)
-
-
-def build_loss_fn(cfg: Config, num_classes: int) -> CombinedLoss:
-    terms = [(cfg.loss.name, 1.0, cfg.loss.params)] + [(t.name, t.weight, t.params) for t in cfg.loss.extra]
-    return build_combined_loss(terms, embedding_dim=cfg.model.embedding_dim, num_classes=num_classes)
-
-
-def resolve_scoring(cfg: Config, loss_fn: CombinedLoss) -> str:
-    if cfg.loss.scoring == "auto":
-        return loss_fn.scoring
-    if cfg.loss.scoring not in SCORINGS:
-        raise ValueError(f"unknown loss.scoring {cfg.loss.scoring!r}; choose auto or one of {list(SCORINGS)}")
-    return cfg.loss.scoring
 
 
 def load_data(cfg: Config, log: Log = print) -> tuple[Hw2p2Layout, ImageSet, ImageSet | None, PairSet | None]:

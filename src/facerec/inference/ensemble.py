@@ -49,7 +49,7 @@ class EnsembleEmbedder(nn.Module):
 
 def ensemble_embedder(states: Sequence[dict[str, Any]]) -> EnsembleEmbedder:
     """The network of an ensemble file's member states (fp16 weights are computed in fp32)."""
-    from facerec.engine.run import build_model
+    from facerec.engine.build import build_model
     from facerec.inference.model import _float32
 
     nets = []

@@ -80,7 +80,7 @@ def sidecar(state: dict[str, Any], opset: int) -> dict[str, Any]:
 
 def _embedder(state: dict[str, Any]) -> torch.nn.Module:
     from facerec.config import config_from_dict
-    from facerec.engine.run import build_model
+    from facerec.engine.build import build_model
     from facerec.inference.model import _float32
 
     if "ensemble" in state:

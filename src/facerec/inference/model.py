@@ -100,7 +100,7 @@ class FaceModel(PairVerifier):
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: str = "cpu") -> FaceModel:
-        from facerec.engine.run import build_loss_fn, build_model
+        from facerec.engine.build import build_loss_fn, build_model
 
         cfg = config_from_dict(state["config"])
         model = build_model(cfg)
