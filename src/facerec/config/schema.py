@@ -1,0 +1,130 @@
+"""The run configuration's schema: typed dataclasses with their defaults, ranges and choices.
+
+A field made with `_limit` or `_choice` carries its valid values; `config.checks.check_values` enforces them when a
+config is loaded, so a bad value stops before any data is read, with the key and the valid range in the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _limit(
+    default: Any, lo: float | None = None, hi: float | None = None, *, open_lo: bool = False, open_hi: bool = False
+) -> Any:
+    """A field whose value must lie in [lo, hi] (or an open end: `open_lo` / `open_hi`); checked at load time."""
+    return field(default=default, metadata={"range": (lo, hi, open_lo, open_hi)})
+
+
+def _choice(default: str, *choices: str) -> Any:
+    """A field whose value must be one of `choices` (the default first); checked at load time."""
+    return field(default=default, metadata={"choices": (default, *choices)})
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they are batched and augmented."""
+
+    root: str = ""  # the dataset: an HW2P2 root (either layout) or any folder of identity folders
+    val: str = ""  # optional labelled split (identity folders); found automatically in HW2P2 layouts
+    pairs: str = ""  # optional labelled pair file for verification AUC; found automatically in HW2P2 layouts
+    image_size: int = _limit(64, 8, 1024)
+    batch_size: int = _limit(256, 1)
+    sampler: str = _choice(
+        "auto", "random", "pk"
+    )  # auto | random | pk  (auto: pk when the loss needs positives in the batch)
+    p: int = _limit(32, 1)  # identities per batch for the pk sampler (batch = p * k)
+    k: int = _limit(4, 1)  # images per identity for the pk sampler
+    augment: str = "standard"  # none | flip | standard | strong | robust (strong + loss of resolution)
+    num_workers: int = _limit(2, 0)  # threads that decode images when the dataset is first loaded
+    cache: bool = True  # cache decoded images as .npy next to the run (the second run starts in seconds)
+    max_per_class: int = _limit(0, 0)  # cap images per identity (0 = all); for quick experiments
+    max_classes: int = _limit(0, 0)  # use only the first N identities (0 = all); for quick experiments
+    # validation carved out of the training folders, for datasets without a val split or pair file:
+    holdout: float = _limit(
+        0.0, 0.0, 1.0, open_hi=True
+    )  # share of identities kept out of training; pairs drawn from them give val AUC
+    holdout_pairs: int = _limit(
+        6000, 2
+    )  # pairs drawn from the held-out identities (half same-identity, all distinct)
+    val_per_class: int = _limit(
+        0, 0
+    )  # images of each training identity moved to a val split (val accuracy); 0 = none
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "facenet_s"
+    embedding_dim: int = _limit(256, 1)
+    dropout: float = _limit(0.0, 0.0, 1.0, open_hi=True)  # dropout before the embedding layer
+    neck: str = _choice("pool", "flatten")  # pool | flatten (see models/embedder.py)
+
+
+@dataclass
+class LossTerm:
+    name: str = "center"
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    name: str = "softmax"
+    params: dict[str, Any] = field(default_factory=dict)
+    extra: list[LossTerm] = field(default_factory=list)  # more weighted terms, e.g. center loss
+    scoring: str = _choice("auto", "cosine", "euclidean")  # auto (the loss's own) | cosine | euclidean
+
+
+@dataclass
+class OptimConfig:
+    name: str = _choice("sgd", "adamw")  # sgd | adamw
+    lr: float = _limit(0.1, 0.0, open_lo=True)
+    momentum: float = _limit(0.9, 0.0, 1.0, open_hi=True)
+    nesterov: bool = True
+    weight_decay: float = _limit(5e-4, 0.0)
+    loss_lr: float = _limit(0.0, 0.0)  # learning rate for loss parameters (class centres); 0 = same as lr
+    schedule: str = _choice("cosine", "step", "plateau", "constant")  # cosine | step | plateau | constant
+    warmup_epochs: float = _limit(1.0, 0.0)  # linear warm-up from lr/100, in epochs (fractions allowed)
+    step_size: int = _limit(10, 1)  # step schedule: epochs between decays
+    gamma: float = _limit(0.1, 0.0, 1.0, open_lo=True)  # step and plateau: decay factor
+    patience: int = _limit(2, 0)  # plateau: epochs without improvement before a decay
+    min_lr: float = _limit(0.0, 0.0)
+    grad_clip: float = _limit(0.0, 0.0)  # max gradient norm (0 = off)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _limit(20, 1)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = _choice(
+        "auto", "bf16", "fp16", "off"
+    )  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with dynamic loss scaling) | off
+    channels_last: str = _choice(
+        "auto", "on", "off"
+    )  # auto (= on: faster on CUDA and, measured, on CPU too) | on | off
+    compile: bool = False
+    threads: int = _limit(0, 0)  # torch intra-op threads on CPU (0 = torch's default)
+    best_metric: str = _choice(
+        "val_auc", "val_acc", "train_loss"
+    )  # val_auc | val_acc | train_loss (checkpoint "best.pt" follows it)
+    eval_every: int = _limit(1, 1)
+    flip_tta: bool = True  # average embeddings of the image and its mirror at evaluation
+    log_every: int = _limit(20, 1)  # steps between progress lines
+    max_steps_per_epoch: int = _limit(0, 0)  # 0 = full epochs; for smoke tests
+    early_stop: int = _limit(0, 0)  # stop once this many epochs pass without a better best_metric (0 = never)
+    time_limit_min: float = _limit(0.0, 0.0)  # stop after the epoch that passes this many minutes (0 = no limit)
+    ema: float = _limit(
+        0.0, 0.0, 1.0, open_hi=True
+    )  # EMA decay of the weights per step (e.g. 0.998); validation and best.pt use the average
+    init_from: str = ""  # start the network (not the loss) from this checkpoint, e.g. ArcFace after softmax
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
