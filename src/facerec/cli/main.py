@@ -247,12 +247,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from facerec.config import describe_recipes
     from facerec.registry import BACKBONES, LOSSES
 
     if args.what == "recipes":
-        for p in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
-            first = p.read_text().splitlines()[0].lstrip("# ") if p.read_text() else ""
-            print(f"{p.stem:<20} {first}")
+        for name, text in describe_recipes().items():
+            print(f"{name:<20} {text}")
         return 0
     reg = LOSSES if args.what == "losses" else BACKBONES
     for name, doc in reg.describe().items():
