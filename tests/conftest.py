@@ -23,6 +23,13 @@ def facehw_dir() -> Path:
     return Path(os.environ.get("FACEREC_DATA", shared_data_dir() / "facehw"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reads the shared data gets the `data` marker (`-m "not data"` runs without it)."""
+    for item in items:
+        if {"facehw", "shared_data"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.data)
+
+
 @pytest.fixture
 def facehw() -> Path:
     root = facehw_dir()

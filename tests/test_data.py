@@ -232,7 +232,6 @@ def test_plain_folder_verification_only_and_unknown(tmp_path: Path) -> None:
         detect_layout(tmp_path / "junk")
 
 
-@pytest.mark.data
 def test_real_facehw(facehw: Path) -> None:
     layout = detect_layout(facehw)
     assert layout.kind == "spec" and None not in (layout.train, layout.val, layout.test, layout.pairs_val)

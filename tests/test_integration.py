@@ -19,7 +19,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.mark.data
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_learns_on_a_real_slice(recipe, facehw, tmp_path, cache):
     """Each recipe's loss, sampler and optimiser settings, on 16 real identities x 8 images, with the tiny backbone
@@ -54,7 +54,7 @@ def test_every_recipe_learns_on_a_real_slice(recipe, facehw, tmp_path, cache):
         assert epochs[-1]["train_loss"] < 0.9 * epochs[0]["train_loss"], recipe
 
 
-@pytest.mark.data
+@pytest.mark.slow
 def test_short_cpu_run_beats_chance_on_val_pairs(facehw, tmp_path, cache):
     """The CPU recipe on 120 identities x 12 images for 3 epochs: val pair AUC well above 0.5 (open set: none of
     the verification identities is in training)."""

@@ -121,7 +121,6 @@ def test_classification_test_ids_from_sample_or_numeric(tmp_path: Path) -> None:
         classification_test_ids(detect_layout(root))
 
 
-@pytest.mark.data
 def test_real_facehw_samples_match_pairs_and_test_folder(facehw: Path, tmp_path: Path) -> None:
     layout = detect_layout(facehw)
     ids, paths = classification_test_ids(layout)
