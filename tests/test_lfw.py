@@ -80,7 +80,7 @@ def test_parses_view2_header_with_folds(tmp_path):
         lines += [f"A{f} 1 2", f"B{f} 3 14"] + [f"C{f} 1 D{f} 2", f"E{f} 10 F{f} 1"]
     pairs = read_lfw_pairs(_write(tmp_path / "pairs.txt", lines))
     assert pairs.n_folds == 2 and len(pairs) == 8
-    assert pairs.labels.tolist() == [1, 1, 0, 0, 1, 1, 0, 0] and pairs.folds.tolist() == [0] * 4 + [1] * 4
+    assert pairs.labels == [1, 1, 0, 0, 1, 1, 0, 0] and pairs.folds == [0] * 4 + [1] * 4
     assert pairs.a[1] == "B0/B0_0003.jpg" and pairs.b[1] == "B0/B0_0014.jpg"
     assert pairs.a[3] == "E0/E0_0010.jpg" and pairs.b[3] == "F0/F0_0001.jpg"
     assert pairs.line_numbers[0] == 2
@@ -88,7 +88,7 @@ def test_parses_view2_header_with_folds(tmp_path):
 
 def test_parses_devtest_header_as_one_fold(tmp_path):
     pairs = read_lfw_pairs(_write(tmp_path / "dev.txt", ["\ufeff2", "", "A 1 2", "B 1 2", "C 1 D 1", "E 1 F 2"]))
-    assert pairs.n_folds == 1 and set(pairs.folds.tolist()) == {0} and pairs.labels.tolist() == [1, 1, 0, 0]
+    assert pairs.n_folds == 1 and set(pairs.folds) == {0} and pairs.labels == [1, 1, 0, 0]
 
 
 @pytest.mark.parametrize(
@@ -152,3 +152,79 @@ def test_benchmark_lfw_tiny_end_to_end(shared_data, tmp_path_factory, capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["n_pairs"] == 16 and r["aligned"] and not r["no_face"]
     assert r["auc"] > 0.8 and r["accuracy"] > 0.7
+
+
+def _lfw_by_hand(pairs_file: Path) -> tuple[list[str], list[str], list[int]]:
+    """pairsDevTest-style file parsed without facerec: header N, N matched then N mismatched lines."""
+    lines = [ln.split() for ln in pairs_file.read_text().splitlines() if ln.strip()]
+    a, b, same = [], [], []
+    for f in lines[1:]:
+        a.append(f"{f[0]}/{f[0]}_{int(f[1]):04d}.jpg")
+        b.append(f"{f[0]}/{f[0]}_{int(f[2]):04d}.jpg" if len(f) == 3 else f"{f[2]}/{f[2]}_{int(f[3]):04d}.jpg")
+        same.append(int(len(f) == 3))
+    return a, b, same
+
+
+def test_evaluate_pairs_reads_an_lfw_pair_file(shared_data, tmp_path_factory, capsys):
+    """`facerec evaluate --pairs` takes LFW's format: the AUC equals one computed from a hand-parsed file."""
+    from sklearn.metrics import roc_auc_score
+
+    from facerec.cli.main import main
+    from facerec.data.memory import load_flat_images
+    from facerec.inference.model import FaceModel
+
+    lfw = shared_data / "lfw_tiny"
+    if not (lfw / "verify_pairs.txt").is_file():
+        pytest.skip(f"lfw_tiny not found under {shared_data}")
+    ckpt = tiny_checkpoint(tmp_path_factory)
+    capsys.readouterr()
+    argv = ["evaluate", "--checkpoint", str(ckpt), "--pairs", str(lfw / "verify_pairs.txt")]
+    assert main([*argv, "--root", str(lfw / "verify"), "--json", "--device", "cpu"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    a, b, same = _lfw_by_hand(lfw / "verify_pairs.txt")
+    fm = FaceModel.load(ckpt)
+    ea = fm.embed(load_flat_images([lfw / "verify" / p for p in a], fm.image_size)).numpy().astype(np.float64)
+    eb = fm.embed(load_flat_images([lfw / "verify" / p for p in b], fm.image_size)).numpy().astype(np.float64)
+    if fm.scoring == "cosine":
+        scores = (ea * eb).sum(1) / (np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1))
+    else:
+        scores = -np.linalg.norm(ea - eb, axis=1)
+    assert (r["n_pairs"], r["n_pos"], r["scoring"]) == (100, 50, fm.scoring)
+    assert r["auc"] == pytest.approx(roc_auc_score(same, scores), abs=1e-6)
+
+
+def test_one_reader_for_both_formats(shared_data, tmp_path):
+    """HW2P2 `a b label` lines and LFW files come back as the same PairList; errors keep their line numbers."""
+    from facerec.data.pairs import pair_file_format, read_pairs
+
+    hw = shared_data / "formats" / "hw2p2_f21_verification_pairs_val.txt"
+    lfw = shared_data / "lfw_tiny" / "verify_pairs.txt"
+    if not hw.is_file() or not lfw.is_file():
+        pytest.skip("shared pair files not found")
+    pairs = read_pairs(hw)
+    first = hw.read_text().splitlines()[0].split()
+    assert pair_file_format(hw) == "hw2p2" and pairs.format == "hw2p2" and pairs.folds is None
+    assert (pairs.a[0], pairs.b[0], pairs.labels[0]) == (first[0], first[1], int(first[2])) and len(pairs) == 8805
+    got = read_pairs(lfw)
+    a, b, same = _lfw_by_hand(lfw)
+    assert pair_file_format(lfw) == "lfw" and (got.a, got.b, got.labels) == (a, b, same)
+    assert got.n_folds == 1 and got.line_numbers[0] == 2
+    # two integers then 2-field lines: HW2P2 pairs of images named by numbers, not an LFW header
+    assert read_pairs(_write(tmp_path / "n.txt", ["10 300", "11 12"])).a == ["10", "11"]
+    with pytest.raises(DataError, match=r"bad.txt:4: expected a mismatched"):
+        read_pairs(_write(tmp_path / "bad.txt", ["1 1", "", "A 1 2", "x"]))
+    with pytest.raises(DataError, match="LFW pair file, which is labelled"):
+        read_pairs(lfw, labelled=False)
+
+
+def test_evaluate_pairs_on_the_hw2p2_format_names_the_missing_image(shared_data, tmp_path_factory):
+    """The Fall 2021 val pair file parses (its images are not shipped): the error is the first missing image."""
+    from facerec.evaluation.datasets import evaluate_pair_file
+    from facerec.inference.model import FaceModel
+
+    hw = shared_data / "formats" / "hw2p2_f21_verification_pairs_val.txt"
+    if not hw.is_file():
+        pytest.skip(f"{hw} not found")
+    fm = FaceModel.load(tiny_checkpoint(tmp_path_factory))
+    with pytest.raises(DataError, match=r"hw2p2_f21_verification_pairs_val.txt:1: image 'verification_data/"):
+        evaluate_pair_file(fm, hw, shared_data / "formats")

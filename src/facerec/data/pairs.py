@@ -1,27 +1,42 @@
-"""Verification pair files: `a b label` (val) or `a b` (test), one pair per line, paths relative to the data root.
+"""Verification pair files, in either of two formats, told apart by their first line:
 
-The paths are kept exactly as written, because the verification submission's Id is f"{a} {b}".
+  * HW2P2: `a b label` (validation) or `a b` (test) lines, one pair per line, paths relative to the data root;
+    kept exactly as written, because the verification submission's Id is f"{a} {b}".
+  * LFW (Huang et al. 2007, UMass TR 07-49): a header "FOLDS N" (pairs.txt, View 2: "10 300") or "N"
+    (pairsDevTest.txt, View 1: one fold), then per fold N matched lines `name n1 n2` followed by N mismatched
+    lines `name1 n1 name2 n2`. Image `name n` is the relative path name/name_000n.jpg.
+
+`read_pairs` reads both (one PairList; LFW files add the fold of each pair); every bad line raises DataError
+naming the file and its 1-based line number.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from facerec.data.folder import DataError
 from facerec.data.hw2p2 import pair_path_candidates
 
+PAIR_FORMATS = ("hw2p2", "lfw")
+_INTEGER = re.compile(r"[0-9]+")
+Rows = list[tuple[int, list[str]]]  # (1-based line number, whitespace-separated fields) of the non-blank lines
+
 
 @dataclass
 class PairList:
     """Pairs in file order. `labels` (1 = same person) is None for an unlabelled (test) file;
-    `line_numbers[i]` is the 1-based line of pair i, for error messages."""
+    `line_numbers[i]` is the 1-based line of pair i, for error messages; `folds[i]` (LFW files only, else None)
+    is the 0-based fold of pair i."""
 
     a: list[str]
     b: list[str]
     labels: list[int] | None
     source: Path
     line_numbers: list[int] = field(default_factory=list)
+    folds: list[int] | None = None
+    format: str = "hw2p2"
 
     def __len__(self) -> int:
         return len(self.a)
@@ -29,14 +44,39 @@ class PairList:
     def line_of(self, i: int) -> int:
         return self.line_numbers[i] if self.line_numbers else i + 1
 
+    @property
+    def n_folds(self) -> int:
+        return max(self.folds) + 1 if self.folds else 1
 
-def read_pairs(path: str | Path, labelled: bool | None = None) -> PairList:
-    """Parse a pair file; whitespace runs, tabs, CRLF, a BOM and blank lines are tolerated.
 
-    `labelled=None` decides from the first non-blank line (3 fields: labelled, 2: not); every line must then
-    agree. A bad line raises DataError naming the file and its 1-based line number.
+def read_pairs(path: str | Path, labelled: bool | None = None, fmt: str | None = None) -> PairList:
+    """Parse a pair file of either format (module notes); whitespace runs, tabs, CRLF, a BOM and blank lines are
+    tolerated.
+
+    `fmt` None detects the format (`pair_file_format`); "hw2p2" or "lfw" insists on one. For HW2P2 files,
+    `labelled=None` decides from the first non-blank line (3 fields: labelled, 2: not) and every line must then
+    agree. LFW files are always labelled.
     """
     path = Path(path).expanduser()
+    rows = _rows(path)
+    fmt = fmt or _detect_format(rows)
+    if fmt not in PAIR_FORMATS:
+        raise ValueError(f"unknown pair file format {fmt!r}; choose one of {', '.join(PAIR_FORMATS)}")
+    if fmt == "lfw":
+        if labelled is False:
+            raise DataError(f"{path} is an LFW pair file, which is labelled; pass an unlabelled `a b` pair file")
+        return _read_lfw(rows, path)
+    return _read_hw2p2(rows, path, labelled)
+
+
+def pair_file_format(path: str | Path) -> str:
+    """The format `read_pairs` reads a file as: "lfw" when it starts with an LFW header (one integer, or two
+    followed by a line of 3 or 4 fields), else "hw2p2"."""
+    path = Path(path).expanduser()
+    return _detect_format(_rows(path))
+
+
+def _rows(path: Path) -> Rows:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -45,15 +85,26 @@ def read_pairs(path: str | Path, labelled: bool | None = None) -> PairList:
         raise DataError(f"pair file {path} is not UTF-8 text ({err.reason}); is it the right file?") from None
     except OSError as err:  # a folder, no read permission, an I/O error
         raise DataError(f"cannot read pair file {path} ({err.strerror or err}); pass a text file.") from None
+    rows = [(number, line.split()) for number, line in enumerate(text.splitlines(), start=1)]
+    return [(number, fields) for number, fields in rows if fields]
+
+
+def _detect_format(rows: Rows) -> str:
+    """A line of one integer is never an HW2P2 pair; two integers ("10 300") are an LFW header when the next
+    line has the 3 or 4 fields of an LFW pair (an HW2P2 file of 2-field lines never has one)."""
+    first = rows[0][1] if rows else []
+    if not 1 <= len(first) <= 2 or not all(_INTEGER.fullmatch(f) for f in first):
+        return "hw2p2"
+    return "lfw" if len(first) == 1 or (len(rows) > 1 and len(rows[1][1]) in (3, 4)) else "hw2p2"
+
+
+def _read_hw2p2(rows: Rows, path: Path, labelled: bool | None) -> PairList:
     a: list[str] = []
     b: list[str] = []
     labels: list[int] = []
     lines: list[int] = []
     auto = labelled is None
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
+    for number, fields in rows:
         if labelled is None:
             labelled = _detect(fields, path, number)
         _check_fields(fields, labelled, path, number, auto)
@@ -101,6 +152,56 @@ def _label(text: str, path: Path, number: int) -> int:
     return int(text)
 
 
+def lfw_image(name: str, number: str | int, path: Path, line: int) -> str:
+    """LFW's image `name number` as the relative path name/name_000n.jpg."""
+    try:
+        n = int(number)
+    except ValueError:
+        raise DataError(f"{path}:{line}: image number {number!r} is not an integer") from None
+    return f"{name}/{name}_{n:04d}.jpg"
+
+
+def _lfw_header(number: int, fields: list[str], path: Path) -> tuple[int, int]:
+    try:
+        values = [int(f) for f in fields]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise DataError(
+            f"{path}:{number}: expected the LFW header 'FOLDS N' (pairs.txt, e.g. '10 300') or 'N' "
+            f"(pairsDevTest.txt, e.g. '500'), got {' '.join(fields)!r}"
+        )
+    return (1, values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def _read_lfw(rows: Rows, path: Path) -> PairList:
+    if not rows:
+        raise DataError(f"{path} is empty; expected an LFW pair file (pairs.txt or pairsDevTest.txt)")
+    n_folds, n = _lfw_header(*rows[0], path)
+    body = rows[1:]
+    if len(body) != 2 * n * n_folds:
+        raise DataError(
+            f"{path}: the header promises {n_folds} fold(s) x ({n} matched + {n} mismatched) = "
+            f"{2 * n * n_folds} pair lines, but the file has {len(body)}"
+        )
+    out = PairList([], [], [], path, [], [], "lfw")
+    for k, (line, fields) in enumerate(body):
+        fold, same = k // (2 * n), (k % (2 * n)) < n
+        if len(fields) != (3 if same else 4):
+            kind = "matched `name n1 n2`" if same else "mismatched `name1 n1 name2 n2`"
+            part = "first" if same else "second"
+            raise DataError(
+                f"{path}:{line}: expected a {kind} line (fold {fold + 1}, {part} {n} lines of the "
+                f"fold), got {len(fields)} fields: {' '.join(fields)!r}"
+            )
+        out.a.append(lfw_image(fields[0], fields[1], path, line))
+        out.b.append(lfw_image(fields[0], fields[2], path, line) if same else lfw_image(*fields[2:], path, line))
+        out.labels.append(int(same))  # type: ignore[union-attr]
+        out.folds.append(fold)  # type: ignore[union-attr]
+        out.line_numbers.append(line)
+    return out
+
+
 def check_pair_files(
     pairs: PairList, root: str | Path, verification_dir: str | Path | None
 ) -> tuple[list[Path], list[Path]]:
@@ -123,8 +224,21 @@ def check_pair_files(
         rel = pairs.a[first] if resolved[pairs.a[first]] is None else pairs.b[first]
         tried = ", ".join(str(c) for c in pair_path_candidates(rel, root, verification_dir))
         more = f"; {len(missing) - 1} other image paths are missing too" if len(missing) > 1 else ""
+        hint = (
+            "--root must be the LFW folder of <name>/<name>_NNNN.jpg"
+            if pairs.format == "lfw"
+            else "Point --data at the dataset root that holds verification_data/ (or fix the pair file)"
+        )
         raise DataError(
-            f"{pairs.source}:{pairs.line_of(first)}: image {rel!r} not found (tried {tried}){more}. "
-            "Point --data at the dataset root that holds verification_data/ (or fix the pair file)."
+            f"{pairs.source}:{pairs.line_of(first)}: image {rel!r} not found (tried {tried}){more}. {hint}."
         )
     return [resolved[x] for x in pairs.a], [resolved[y] for y in pairs.b]  # type: ignore[misc]
+
+
+def unique_images(paths_a: list[Path], paths_b: list[Path]) -> tuple[list[Path], list[int], list[int]]:
+    """Each image of the pairs once, for embedding once: (unique paths in first-use order, a's before b's;
+    index of pair i's first image in them; of its second). `Scoring.indexed_pairs` scores the result."""
+    unique: dict[Path, int] = {}
+    for p in list(paths_a) + list(paths_b):
+        unique.setdefault(Path(p), len(unique))
+    return list(unique), [unique[Path(p)] for p in paths_a], [unique[Path(p)] for p in paths_b]

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from facerec.data.memory import load_flat_images
-from facerec.data.pairs import PairList, check_pair_files, read_pairs
+from facerec.data.pairs import PairList, check_pair_files, read_pairs, unique_images
 
 
 @dataclass
@@ -32,14 +32,10 @@ def load_pairset(
     image_size: int,
     num_workers: int = 2,
 ) -> PairSet:
-    """Read and check a pair file (every path must exist: checked before any training), then decode its images."""
+    """Read and check a pair file of either format (`read_pairs`; every path must exist: checked before any
+    training), then decode its images, each once."""
     pairs = read_pairs(pair_file)
-    paths_a, paths_b = check_pair_files(pairs, root, verification_dir)
-    unique: dict[Path, int] = {}
-    for p in list(paths_a) + list(paths_b):
-        unique.setdefault(Path(p), len(unique))
-    images = load_flat_images(list(unique), image_size, num_workers=num_workers)
-    idx_a = torch.tensor([unique[Path(p)] for p in paths_a])
-    idx_b = torch.tensor([unique[Path(p)] for p in paths_b])
+    unique, idx_a, idx_b = unique_images(*check_pair_files(pairs, root, verification_dir))
+    images = load_flat_images(unique, image_size, num_workers=num_workers)
     labels = torch.tensor(pairs.labels) if pairs.labels is not None else None
-    return PairSet(pairs, images, idx_a, idx_b, labels)
+    return PairSet(pairs, images, torch.tensor(idx_a), torch.tensor(idx_b), labels)

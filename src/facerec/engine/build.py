@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from facerec.config import Config
-from facerec.losses.base import SCORINGS, CombinedLoss, build_combined_loss
+from facerec.losses.base import CombinedLoss, build_combined_loss
+from facerec.metrics.scoring import Scoring
 from facerec.models.embedder import FaceEmbedder
 
 
@@ -87,6 +88,4 @@ def build_loss_fn(cfg: Config, num_classes: int) -> CombinedLoss:
 def resolve_scoring(cfg: Config, loss_fn: CombinedLoss) -> str:
     if cfg.loss.scoring == "auto":
         return loss_fn.scoring
-    if cfg.loss.scoring not in SCORINGS:
-        raise ValueError(f"unknown loss.scoring {cfg.loss.scoring!r}; choose auto or one of {list(SCORINGS)}")
-    return cfg.loss.scoring
+    return Scoring.of(cfg.loss.scoring, key="loss.scoring", also=("auto",)).name

@@ -13,7 +13,8 @@ from torch import nn
 from facerec.data.augment import to_input
 from facerec.losses.base import EmbeddingLoss
 from facerec.metrics.classification import topk_accuracy
-from facerec.metrics.verification import pair_scores, verification_report
+from facerec.metrics.scoring import Scoring
+from facerec.metrics.verification import verification_report
 
 
 @torch.no_grad()
@@ -74,10 +75,11 @@ def evaluate_closed_set(scores: torch.Tensor, labels: torch.Tensor) -> dict[str,
 
 
 def score_pairs(
-    embeddings: torch.Tensor, idx_a: torch.Tensor, idx_b: torch.Tensor, metric: str = "cosine"
+    embeddings: torch.Tensor, idx_a: torch.Tensor, idx_b: torch.Tensor, metric: str | Scoring = "cosine"
 ) -> torch.Tensor:
-    """Scores of pairs given as indices into one embedding matrix (each unique image embedded once)."""
-    return pair_scores(embeddings[idx_a], embeddings[idx_b], metric)
+    """Scores of pairs given as indices into one embedding matrix (each unique image embedded once):
+    `Scoring.of(metric).indexed_pairs` (metrics/scoring.py)."""
+    return Scoring.of(metric).indexed_pairs(embeddings, idx_a, idx_b)
 
 
 def evaluate_pairs(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

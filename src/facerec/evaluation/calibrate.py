@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from facerec.data.folder import DataError
+from facerec.data.pairs import pair_file_format, read_pairs
 from facerec.engine.checkpoint import load_checkpoint, save_checkpoint
-from facerec.metrics.verification import pair_scores, threshold_at_far
+from facerec.evaluation.lfw import score_photo_pairs
+from facerec.metrics.scoring import Scoring
+from facerec.metrics.verification import threshold_at_far
 
 if TYPE_CHECKING:
     from facerec.inference.model import FaceModel
@@ -23,10 +26,8 @@ if TYPE_CHECKING:
 
 
 def is_lfw_pair_file(path: str | Path) -> bool:
-    """LFW pair files start with a header of one or two integers ("10 300", "500"); HW2P2 lines are `a b label`."""
-    with open(Path(path).expanduser(), encoding="utf-8-sig") as fh:
-        first = next((line.split() for line in fh if line.strip()), [])
-    return 1 <= len(first) <= 2 and all(f.isdigit() for f in first)
+    """Whether `read_pairs` reads the file as LFW pairs (a header "10 300" or "500") rather than `a b label`."""
+    return pair_file_format(path) == "lfw"
 
 
 def score_pair_file(
@@ -38,27 +39,11 @@ def score_pair_file(
     log: Callable[[str], None] = print,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, labels) of a labelled pair file: LFW format (pairs.txt, pairsDevTest.txt) or `a b label` lines."""
-    from facerec.evaluation.lfw import check_lfw_images, embed_photos, read_lfw_pairs
-
-    if is_lfw_pair_file(pairs_file):
-        pairs = read_lfw_pairs(pairs_file)
-        paths = check_lfw_images(pairs, root)
-        rel = [p.relative_to(Path(root).expanduser()).as_posix() for p in paths]
-        a, b, labels = pairs.a, pairs.b, pairs.labels
-    else:
-        from facerec.data.pairs import check_pair_files, read_pairs
-
-        plist = read_pairs(pairs_file, labelled=True)
-        pa, pb = check_pair_files(plist, root, None)
-        paths = list(dict.fromkeys(pa + pb))
-        rel = [str(p) for p in paths]
-        a, b, labels = [str(p) for p in pa], [str(p) for p in pb], np.asarray(plist.labels, np.int64)
-    emb, fallback = embed_photos(fm, paths, aligner, flip, log)
+    pairs = read_pairs(pairs_file, labelled=True)
+    scores, _, fallback = score_photo_pairs(fm, pairs, root, aligner, flip, log)
     if fallback:
         log(f"no face found in {len(fallback)} photos (e.g. {fallback[0]}); they were used whole")
-    index = {r: i for i, r in enumerate(rel)}
-    scores = pair_scores(emb[[index[x] for x in a]], emb[[index[y] for y in b]], fm.scoring).numpy()
-    return scores.astype(np.float64), np.asarray(labels, np.int64)
+    return scores, np.asarray(pairs.labels, np.int64)
 
 
 def calibrate_scores(scores: np.ndarray, labels: np.ndarray, far: float) -> dict[str, float]:
@@ -73,8 +58,8 @@ def calibrate_scores(scores: np.ndarray, labels: np.ndarray, far: float) -> dict
     return {
         "threshold": thr,
         "far_target": far,
-        "far": float((neg >= thr).mean()),
-        "tar": float((pos >= thr).mean()),
+        "far": float(Scoring.accept(neg, thr).mean()),
+        "tar": float(Scoring.accept(pos, thr).mean()),
         "n_pairs": int(len(scores)),
         "n_different": n_neg,
         "note": note,

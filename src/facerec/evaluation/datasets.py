@@ -13,15 +13,18 @@ from facerec.data.hw2p2 import detect_layout
 from facerec.data.memory import load_flat_images, load_identity_folders
 from facerec.data.pack import image_root, is_pack, read_meta
 from facerec.data.pairset import PairSet, load_pairset
-from facerec.engine.evaluate import evaluate_closed_set, evaluate_pairs, score_pairs
+from facerec.engine.evaluate import evaluate_closed_set, evaluate_pairs
 from facerec.engine.run import load_train_images, train_image_root
 from facerec.inference.model import FaceModel
+from facerec.metrics.scoring import Scoring
 from facerec.outputs.submission import classification_test_ids, write_classification_csv, write_verification_csv
 
 
 def pair_scores_for(fm: FaceModel, pairs: PairSet, scoring: str | None = None, flip: bool = True) -> torch.Tensor:
+    """(N,) scores of a PairSet's pairs: each unique image embedded once, scored with `scoring` (default: the
+    model's own)."""
     e = fm.embed(pairs.images, flip=flip)
-    return score_pairs(e, pairs.idx_a, pairs.idx_b, scoring or fm.scoring)
+    return Scoring.of(scoring or fm.scoring).indexed_pairs(e, pairs.idx_a, pairs.idx_b)
 
 
 def evaluate_split(fm: FaceModel, split_dir: str | Path, flip: bool = True, log=print) -> dict[str, float]:
@@ -78,9 +81,13 @@ def evaluate_pair_file(
     scoring: str | None = None,
     flip: bool = True,
 ) -> dict[str, float]:
+    """Verification metrics on a labelled pair file, HW2P2 `a b label` lines or LFW's pairs.txt / pairsDevTest.txt
+    (`data.pairs.read_pairs`), image paths relative to `root`; the images are used as they are (no alignment)."""
     pairs = load_pairset(pairs_file, root, verification_dir, fm.image_size)
     if pairs.labels is None:
-        raise DataError(f"{pairs_file} has no labels (lines `a b`); evaluation needs `a b label` lines")
+        raise DataError(
+            f"{pairs_file} has no labels (lines `a b`); evaluation needs `a b label` lines or an LFW pair file"
+        )
     m = evaluate_pairs(pair_scores_for(fm, pairs, scoring, flip), pairs.labels)
     return {**m, "scoring": scoring or fm.scoring}
 

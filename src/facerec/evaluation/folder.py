@@ -27,7 +27,8 @@ import torch
 from facerec.data.folder import DataError, scan_identity_folders
 from facerec.evaluation.lfw import embed_photos
 from facerec.inference.model import PairVerifier
-from facerec.metrics.verification import pair_scores, score_matrix, verification_report
+from facerec.metrics.scoring import Scoring
+from facerec.metrics.verification import verification_report
 from facerec.photos.align import FaceAligner
 
 
@@ -66,7 +67,7 @@ def pair_indices(labels: np.ndarray, max_pairs: int, seed: int = 0) -> tuple[np.
 
 
 def leave_one_out_identification(
-    emb: torch.Tensor, labels: np.ndarray, scoring: str, ks: tuple[int, ...] = (1, 5), chunk: int = 1024
+    emb: torch.Tensor, labels: np.ndarray, scoring: str | Scoring, ks: tuple[int, ...] = (1, 5), chunk: int = 1024
 ) -> dict[str, float]:
     """Rank-k identification with every other photo as the gallery, over the photos whose person has another
     photo: `rank{k}` = fraction whose k highest-scoring other photos include one of the same person."""
@@ -76,10 +77,11 @@ def leave_one_out_identification(
     if probes.numel() == 0:
         return {**{f"rank{k}": float("nan") for k in ks}, "n_probes": 0}
     k_max = min(max(ks), emb.shape[0] - 1)
+    scorer = Scoring.of(scoring)
     hits = {k: 0 for k in ks}
     for start in range(0, probes.numel(), chunk):
         rows = probes[start : start + chunk]
-        s = score_matrix(emb[rows], emb, scoring)
+        s = scorer.matrix(emb[rows], emb)
         s[torch.arange(rows.numel()), rows] = -torch.inf  # not itself
         top = s.topk(k_max, dim=1).indices
         same = y[top] == y[rows].unsqueeze(1)
@@ -112,7 +114,7 @@ def benchmark_folder(
     if not (labels[ia] == labels[ib]).any():
         raise DataError(f"{root}: no person has two photos, so there is no same-person pair to score")
     same = (labels[ia] == labels[ib]).astype(np.int64)
-    scores = pair_scores(emb[ia], emb[ib], fm.scoring).numpy()
+    scores = Scoring.of(fm.scoring).indexed_pairs(emb, ia, ib).numpy()
     report: dict[str, Any] = verification_report(scores, same)
     total = len(labels) * (len(labels) - 1) // 2
     report.update(

@@ -1,10 +1,7 @@
-"""The LFW verification benchmark: the official pair files, the 10-fold accuracy protocol and ROC AUC.
+"""The LFW verification benchmark: the 10-fold accuracy protocol and ROC AUC over LFW's pair files.
 
-Pair files (Huang et al. 2007, "Labeled Faces in the Wild", UMass TR 07-49):
-  * pairs.txt (View 2): a header "FOLDS N" (10 300), then per fold N matched lines `name n1 n2` followed by
-    N mismatched lines `name1 n1 name2 n2`;
-  * pairsDevTest.txt / pairsDevTrain.txt (View 1): a header "N", then N matched and N mismatched lines; one fold.
-Image `name n` is LFW_DIR/name/name_000n.jpg.
+The pair files (pairs.txt with its "10 300" header, pairsDevTest.txt with "500") are read by
+`data.pairs.read_pairs`, which reads HW2P2 `a b label` files too (those are one fold).
 
 Protocol (View 2): for each fold, the threshold that maximises accuracy on the other folds is applied to the
 held-out fold; the report is the mean and standard deviation (numpy's, ddof=0) of the fold accuracies. With a
@@ -15,108 +12,39 @@ optimistic, which the report says. AUC, EER and TAR@FAR are over all pairs (metr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from facerec.data.folder import DataError
+from facerec.data.pairs import PairList, check_pair_files, read_pairs, unique_images
+from facerec.metrics.scoring import Scoring
 from facerec.metrics.verification import verification_report
 
 if TYPE_CHECKING:
     from facerec.inference.model import FaceModel
     from facerec.photos.align import FaceAligner
 
-
-@dataclass
-class LfwPairs:
-    """Pairs in file order: image paths relative to the LFW root, labels (1 = same), fold of each pair."""
-
-    a: list[str]
-    b: list[str]
-    labels: np.ndarray
-    folds: np.ndarray
-    n_folds: int
-    source: Path
-    line_numbers: list[int] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.a)
+LfwPairs = PairList  # the old name of an LFW file's pairs: one PairList for every pair-file format
 
 
-def lfw_image(name: str, number: str | int, path: Path, line: int) -> str:
-    try:
-        n = int(number)
-    except ValueError:
-        raise DataError(f"{path}:{line}: image number {number!r} is not an integer") from None
-    return f"{name}/{name}_{n:04d}.jpg"
+def read_lfw_pairs(path: str | Path) -> PairList:
+    """An LFW pair file (either header form), insisting on the LFW format: `read_pairs(path, fmt="lfw")`."""
+    return read_pairs(path, fmt="lfw")
 
 
-def _header(fields: list[str], path: Path) -> tuple[int, int]:
-    try:
-        values = [int(f) for f in fields]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2) or min(values) < 1:
-        raise DataError(
-            f"{path}:1: expected the header 'FOLDS N' (pairs.txt, e.g. '10 300') or 'N' "
-            f"(pairsDevTest.txt, e.g. '500'), got {' '.join(fields)!r}"
-        )
-    return (1, values[0]) if len(values) == 1 else (values[0], values[1])
-
-
-def read_lfw_pairs(path: str | Path) -> LfwPairs:
-    """Parse an LFW pair file (either header form); a bad line raises DataError with its line number."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"LFW pair file {path} does not exist")
-    lines = [(i, line.split()) for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1)]
-    lines = [(i, f) for i, f in lines if f]
-    if not lines:
-        raise DataError(f"{path} is empty; expected an LFW pair file (pairs.txt or pairsDevTest.txt)")
-    n_folds, n = _header(lines[0][1], path)
-    body = lines[1:]
-    if len(body) != 2 * n * n_folds:
-        raise DataError(
-            f"{path}: the header promises {n_folds} fold(s) x ({n} matched + {n} mismatched) = "
-            f"{2 * n * n_folds} pair lines, but the file has {len(body)}"
-        )
-    out = LfwPairs([], [], np.zeros(len(body), np.int64), np.zeros(len(body), np.int64), n_folds, path)
-    for k, (line, fields) in enumerate(body):
-        fold, same = k // (2 * n), (k % (2 * n)) < n
-        want = 3 if same else 4
-        if len(fields) != want:
-            kind = "matched `name n1 n2`" if same else "mismatched `name1 n1 name2 n2`"
-            part = "first" if same else "second"
-            raise DataError(
-                f"{path}:{line}: expected a {kind} line (fold {fold + 1}, {part} {n} lines of the "
-                f"fold), got {len(fields)} fields: {' '.join(fields)!r}"
-            )
-        a = lfw_image(fields[0], fields[1], path, line)
-        b = lfw_image(fields[0], fields[2], path, line) if same else lfw_image(fields[2], fields[3], path, line)
-        out.a.append(a)
-        out.b.append(b)
-        out.labels[k], out.folds[k] = int(same), fold
-        out.line_numbers.append(line)
-    return out
-
-
-def check_lfw_images(pairs: LfwPairs, root: str | Path) -> list[Path]:
+def check_lfw_images(pairs: PairList, root: str | Path) -> list[Path]:
     """The unique image paths of the pairs under `root`, in first-use order; DataError on the first missing one."""
+    return unique_images(*_pair_paths(pairs, root))[0]
+
+
+def _pair_paths(pairs: PairList, root: str | Path) -> tuple[list[Path], list[Path]]:
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"LFW folder {root} is not a directory; pass the folder holding <name>/<name>_0001.jpg")
-    unique = list(dict.fromkeys(pairs.a + pairs.b))
-    missing = [rel for rel in unique if not (root / rel).is_file()]
-    if missing:
-        first = next(i for i in range(len(pairs)) if pairs.a[i] in missing or pairs.b[i] in missing)
-        more = f" ({len(missing) - 1} other images are missing too)" if len(missing) > 1 else ""
-        raise DataError(
-            f"{pairs.source}:{pairs.line_numbers[first]}: image {root / missing[0]} not found{more}; "
-            "--root must be the LFW folder of <name>/<name>_NNNN.jpg"
-        )
-    return [root / rel for rel in unique]
+        layout = "the LFW folder of <name>/<name>_0001.jpg" if pairs.format == "lfw" else "the folder they are in"
+        raise DataError(f"{root} is not a directory; pass {layout} (the images {pairs.source} names)")
+    return check_pair_files(pairs, root, None)
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -133,7 +61,7 @@ def kfold_accuracy(scores: Any, labels: Any, folds: Any) -> dict[str, Any]:
         test = f == k
         train = ~test if len(ids) > 1 else test
         thr = best_threshold(s[train], y[train])
-        accs.append(float(((s[test] >= thr) == (y[test] == 1)).mean()))
+        accs.append(float((Scoring.accept(s[test], thr) == (y[test] == 1)).mean()))
         thrs.append(thr)
     protocol = (
         f"{len(ids)}-fold: threshold tuned on the other folds"
@@ -184,6 +112,22 @@ def embed_photos(
     return fm.embed(crops, flip=flip), fallback
 
 
+def score_photo_pairs(
+    fm: FaceModel,
+    pairs: PairList,
+    root: str | Path,
+    aligner: FaceAligner | None = None,
+    flip: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[np.ndarray, list[Path], list[Path]]:
+    """Embed each photo of the pairs once (`embed_photos`) and score every pair with the model's scoring:
+    ((N,) float64 scores, the unique photos, the photos in which no face was found and which were used whole)."""
+    unique, ia, ib = unique_images(*_pair_paths(pairs, root))
+    emb, no_face = embed_photos(fm, unique, aligner, flip, log)
+    scores = Scoring.of(fm.scoring).indexed_pairs(emb, ia, ib).numpy()
+    return scores.astype(np.float64), unique, no_face
+
+
 def benchmark_lfw(
     fm: FaceModel,
     pairs_file: str | Path,
@@ -192,16 +136,12 @@ def benchmark_lfw(
     flip: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Score every pair of an LFW pair file with `fm` (its own scoring) and report the LFW protocol."""
-    from facerec.metrics.verification import pair_scores
-
-    pairs = read_lfw_pairs(pairs_file)
-    paths = check_lfw_images(pairs, root)
-    emb, fallback = embed_photos(fm, paths, aligner, flip, log)
-    index = {p.relative_to(Path(root).expanduser()).as_posix(): i for i, p in enumerate(paths)}
-    ia, ib = [index[a] for a in pairs.a], [index[b] for b in pairs.b]
-    scores = pair_scores(emb[ia], emb[ib], fm.scoring).numpy()
-    report = lfw_report(scores, pairs.labels, pairs.folds)
+    """Score every pair of a labelled pair file (LFW format, or `a b label` lines: one fold) with `fm` (its own
+    scoring) and report the LFW protocol."""
+    pairs = read_pairs(pairs_file, labelled=True)
+    scores, paths, fallback = score_photo_pairs(fm, pairs, root, aligner, flip, log)
+    folds = pairs.folds if pairs.folds is not None else [0] * len(pairs)
+    report = lfw_report(scores, pairs.labels, folds)
     report.update(
         scoring=fm.scoring,
         n_images=len(paths),

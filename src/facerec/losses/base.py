@@ -7,9 +7,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from facerec.metrics.scoring import SCORING_NAMES, Scoring
 from facerec.registry import LOSSES
 
-SCORINGS = ("cosine", "euclidean")
+SCORINGS = SCORING_NAMES  # a loss's `scoring` is one of these names (checked by `Scoring.of`, metrics/scoring.py)
 
 
 class EmbeddingLoss(nn.Module):
@@ -27,6 +28,13 @@ class EmbeddingLoss(nn.Module):
     has_logits: ClassVar[bool] = False
     needs_pk: ClassVar[bool] = False
     scoring: ClassVar[str] = "cosine"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A misspelt `scoring` fails where the loss is defined, not at the first validation."""
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("scoring")
+        if isinstance(declared, str):
+            Scoring.of(declared, key=f"{cls.__name__}.scoring")
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

@@ -3,7 +3,7 @@ same-identity pairs (label 1) from different-identity pairs (label 0).
 
 Conventions, shared by every function here so that validation, `facerec verify` and the write-up agree:
   * a score is a similarity: higher = more likely the same person (Euclidean distances are negated);
-  * a pair is accepted as "same" when `score >= threshold`;
+  * a pair is accepted as "same" when `score >= threshold` (`Scoring.accept`, metrics/scoring.py);
   * FAR (false-accept rate) = accepted different pairs / different pairs = FPR;
     TAR (true-accept rate) = accepted same pairs / same pairs = TPR;
   * candidate thresholds are the distinct scores themselves (plus +inf-like "accept nothing"), so every
@@ -17,42 +17,27 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 
-METRICS = ("cosine", "euclidean")
+from facerec.metrics.scoring import SCORING_NAMES, Scoring
+
+METRICS = SCORING_NAMES  # the scoring names, under their old name here
 DEFAULT_FARS = (1e-2, 1e-3)
 
 
-def pair_scores(emb_a: torch.Tensor, emb_b: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
+def pair_scores(emb_a: torch.Tensor, emb_b: torch.Tensor, metric: str | Scoring = "cosine") -> torch.Tensor:
     """Similarity of row i of `emb_a` with row i of `emb_b`: (N, D), (N, D) -> (N,) float32.
 
-    "cosine" is the cosine similarity (embeddings need not be normalised); "euclidean" is the NEGATIVE
-    Euclidean distance, so that for both metrics higher means more similar. Computed in fp32 even for
-    half-precision inputs (bf16 cosines lose the third decimal, which is where AUCs differ).
+    `Scoring.of(metric).pairs` (metrics.scoring) in float32: "cosine" is the cosine similarity (embeddings need
+    not be normalised), "euclidean" the NEGATIVE Euclidean distance, so higher means more similar for both.
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown pair metric {metric!r}; choose one of {list(METRICS)}")
-    if emb_a.shape != emb_b.shape or emb_a.ndim != 2:
-        raise ValueError(
-            f"expected two (N, D) embedding batches of equal shape, got {tuple(emb_a.shape)} "
-            f"and {tuple(emb_b.shape)}"
-        )
-    a, b = emb_a.detach().float(), emb_b.detach().float()
-    if metric == "cosine":
-        return (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(dim=1)
-    return -torch.linalg.vector_norm(a - b, dim=1)
+    return Scoring.of(metric).pairs(torch.as_tensor(emb_a).float(), torch.as_tensor(emb_b).float())
 
 
-def score_matrix(emb_a: torch.Tensor, emb_b: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
+def score_matrix(emb_a: torch.Tensor, emb_b: torch.Tensor, metric: str | Scoring = "cosine") -> torch.Tensor:
     """Similarity of every row of `emb_a` (M, D) with every row of `emb_b` (N, D): (M, N) float32, entry (i, j)
-    equal to `pair_scores` of rows i and j (same metrics, same sign convention)."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown pair metric {metric!r}; choose one of {list(METRICS)}")
-    a, b = emb_a.detach().float(), emb_b.detach().float()
-    if metric == "cosine":
-        return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
-    return -torch.cdist(a, b)
+    equal to `pair_scores` of rows i and j (`Scoring.of(metric).matrix` in float32)."""
+    return Scoring.of(metric).matrix(torch.as_tensor(emb_a).float(), torch.as_tensor(emb_b).float())
 
 
 def _as_arrays(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:

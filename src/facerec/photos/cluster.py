@@ -22,41 +22,36 @@ import numpy as np
 import torch
 
 from facerec.data.folder import DataError
+from facerec.metrics.scoring import Scoring
 
 LINKAGES = ("average", "complete", "single")
 MAX_IMAGES = 20_000
 
 
-def distance_matrix(emb: np.ndarray | torch.Tensor, scoring: str) -> np.ndarray:
-    """(N, D) -> (N, N) float64 distances that fall as the model's score rises: 1 - cosine for "cosine", the
-    Euclidean distance (the negative of the score) for "euclidean"; zero diagonal, symmetric."""
+def distance_matrix(emb: np.ndarray | torch.Tensor, scoring: str | Scoring) -> np.ndarray:
+    """(N, D) -> (N, N) float64 distances that fall as the model's score rises (`Scoring.to_distance`: 1 - cosine
+    for "cosine", the Euclidean distance for "euclidean"); zero diagonal, symmetric, never negative."""
+    s = Scoring.of(scoring)
     x = torch.as_tensor(np.asarray(emb), dtype=torch.float64)
-    if scoring == "cosine":
-        x = torch.nn.functional.normalize(x, dim=1)
-        d = (1.0 - x @ x.T).clamp_min(0.0)
-    elif scoring == "euclidean":
-        d = torch.cdist(x, x)
-    else:
-        raise ValueError(f"unknown scoring {scoring!r}; choose cosine or euclidean")
+    d = s.to_distance(s.matrix(x, x)).clamp_min(0.0)
     d = (d + d.T) / 2
     d.fill_diagonal_(0.0)
     return d.numpy()
 
 
-def score_to_distance(threshold: float, scoring: str) -> float:
+def score_to_distance(threshold: float, scoring: str | Scoring) -> float:
     """The distance that corresponds to a score threshold (see `distance_matrix`)."""
-    return 1.0 - threshold if scoring == "cosine" else -threshold
+    return Scoring.of(scoring).to_distance(threshold)
 
 
 def cluster_embeddings(
-    emb: np.ndarray | torch.Tensor, scoring: str, threshold: float, linkage: str = "average"
+    emb: np.ndarray | torch.Tensor, scoring: str | Scoring, threshold: float, linkage: str = "average"
 ) -> np.ndarray:
     """(N, D) embeddings -> (N,) cluster ids: 0 is the largest cluster, then by size (ties: the cluster of the
     earlier photo first); a photo like no other is a cluster of its own."""
     if linkage not in LINKAGES:
         raise ValueError(f"unknown linkage {linkage!r}; choose one of {', '.join(LINKAGES)}")
-    if scoring not in ("cosine", "euclidean"):
-        raise ValueError(f"unknown scoring {scoring!r}; choose cosine or euclidean")
+    scoring = Scoring.of(scoring)
     n = len(emb)
     if n > MAX_IMAGES:
         raise DataError(

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from facerec.data.folder import DataError
+from facerec.metrics.scoring import FAISS_HINT, Scoring
 
 FORMAT = "facerec-gallery"
-INSTALL_HINT = "the gallery needs FAISS: pip install faiss-cpu"
+INSTALL_HINT = FAISS_HINT
 
 
 def _faiss() -> Any:
@@ -74,8 +75,7 @@ class Gallery:
                     f"{folder} is not a gallery (no gallery.json); enroll someone first: "
                     "facerec enroll NAME PHOTO... --gallery DIR --checkpoint C"
                 )
-            if metric not in ("cosine", "euclidean"):
-                raise ValueError(f"unknown gallery metric {metric!r}; choose 'cosine' or 'euclidean'")
+            metric = Scoring.of(metric, key="gallery metric").name
             meta = {
                 "format": FORMAT,
                 "version": 1,
@@ -108,6 +108,10 @@ class Gallery:
     def metric(self) -> str:
         return self.meta["metric"]
 
+    @property
+    def scoring(self) -> Scoring:
+        return Scoring.of(self.meta["metric"], key=f"metric of {self.folder / 'gallery.json'}")
+
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
@@ -119,15 +123,9 @@ class Gallery:
         return dict(sorted(counts.items()))
 
     def _prepare(self, embeddings: torch.Tensor | np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(
-            np.asarray(
-                embeddings.detach().cpu() if isinstance(embeddings, torch.Tensor) else embeddings, dtype=np.float32
-            )
-        )
+        x = self.scoring.index_vectors(embeddings)
         if x.ndim != 2 or x.shape[1] != self.meta["dim"]:
             raise ValueError(f"expected (N, {self.meta['dim']}) embeddings, got shape {x.shape}")
-        if self.metric == "cosine":
-            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         return x
 
     def add(self, name: str, embeddings: torch.Tensor | np.ndarray, sources: list[str] | None = None) -> list[int]:
@@ -170,13 +168,12 @@ class Gallery:
         kk = min(len(self), k * per_name)  # enough vectors to hold k distinct people when the index is exact
         dist, idx = self.index.search(q, kk)
         results = []
-        for drow, irow in zip(dist, idx):
+        for srow, irow in zip(self.scoring.index_scores(dist), idx):
             best: dict[str, float] = {}
-            for d, i in zip(drow.tolist(), irow.tolist()):
+            for score, i in zip(srow.tolist(), irow.tolist()):
                 if i < 0:
                     continue
                 name = self.meta["entries"][str(i)]["name"]
-                score = d if self.metric == "cosine" else -math.sqrt(max(d, 0.0))
                 best[name] = max(best.get(name, -math.inf), score)
             ranked = sorted(best.items(), key=lambda t: -t[1])[:k]
             results.append([Match(n, float(s)) for n, s in ranked])
@@ -189,7 +186,7 @@ class Gallery:
             raise ValueError(f"unknown index kind {kind!r}; choose 'flat' or 'ivf'")
         d, n = self.meta["dim"], len(self.vectors)
         if kind == "flat":
-            index, nlist, nprobe = _flat(self.metric, d), 0, 0
+            index, nlist, nprobe = _flat(self.scoring, d), 0, 0
         else:
             nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 vectors per list
             if n < nlist:
@@ -197,11 +194,7 @@ class Gallery:
                     f"an IVF index with {nlist} lists needs at least {nlist} stored vectors, the "
                     f"gallery has {n}; enroll more people or keep the flat index"
                 )
-            faiss = _faiss()
-            inner = self.metric == "cosine"
-            quantizer = faiss.IndexFlatIP(d) if inner else faiss.IndexFlatL2(d)
-            kind_metric = faiss.METRIC_INNER_PRODUCT if inner else faiss.METRIC_L2
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, kind_metric)
+            index = self.scoring.faiss_index(d, nlist)
             index.train(self.vectors)
             nprobe = min(nlist, nprobe or 8)
         if n:
@@ -225,9 +218,9 @@ class Gallery:
         return self.folder
 
 
-def _flat(metric: str, dim: int) -> Any:
-    faiss = _faiss()
-    return faiss.IndexIDMap(faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim))
+def _flat(scoring: str | Scoring, dim: int) -> Any:
+    """An exact index of `scoring` that takes ids (`add_with_ids`, `remove_ids`)."""
+    return _faiss().IndexIDMap(Scoring.of(scoring).faiss_index(dim))
 
 
 def open_for_model(folder: str | Path, fm: Any, create: bool = False) -> Gallery:
@@ -245,7 +238,7 @@ def identify(
     out = []
     for matches in gallery.search(embeddings, k):
         top = matches[0]
-        known = threshold is None or top.score >= threshold
+        known = threshold is None or Scoring.accept(top.score, threshold)
         out.append(
             {
                 "name": top.name if known else "unknown",

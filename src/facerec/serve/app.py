@@ -25,7 +25,7 @@ from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Request, Uplo
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from facerec.metrics.verification import pair_scores
+from facerec.metrics.scoring import Scoring
 from facerec.serve.limit import BodyLimit
 from facerec.serve.ports import Aligner, Gallery, Model, Unavailable
 from facerec.serve.uploads import Limits, UploadError, check_content_type, decode_face, png_base64
@@ -139,13 +139,13 @@ def _core_routes(svc: Service) -> APIRouter:
     ) -> dict[str, Any]:
         a, b = await svc.crops([("image_a", image_a), ("image_b", image_b)])
         e = await run_in_threadpool(svc.embed, [a, b])
-        score = float(pair_scores(e[:1], e[1:], svc.model.scoring)[0])
+        score = float(Scoring.of(svc.model.scoring).pairs(e[:1], e[1:])[0])
         thr = threshold if threshold is not None else svc.model.threshold
         out: dict[str, Any] = {
             "score": score,
             "scoring": svc.model.scoring,
             "threshold": thr,
-            "same": None if thr is None else bool(score >= thr),
+            "same": None if thr is None else Scoring.accept(score, thr),
         }
         if crops:
             out["crops"] = {"image_a": png_base64(a), "image_b": png_base64(b)}
@@ -174,7 +174,7 @@ def _gallery_routes(svc: Service, max_k: int) -> APIRouter:
         e = await run_in_threadpool(svc.embed, [crop])
         (matches,) = await run_in_threadpool(gallery.identify, e, min(k, max_k))
         thr = svc.model.threshold
-        best = matches[0][0] if matches and (thr is None or matches[0][1] >= thr) else "unknown"
+        best = matches[0][0] if matches and (thr is None or Scoring.accept(matches[0][1], thr)) else "unknown"
         out: dict[str, Any] = {
             "identity": best if matches else None,
             "threshold": thr,
