@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict
+import re
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,23 @@ def test_typed_overrides_round_trip(data: st.DataObject) -> None:
         value = data.draw(st.floats(-1e6, 1e6, allow_nan=False))
         text = f"{value:.6f}"
         value = float(text)
-    assert _value(load_config(None, [f"{key}={text}"]), key) == value
+    if _allowed(key, value):
+        assert _value(load_config(None, [f"{key}={text}"]), key) == value
+    else:  # outside the field's declared range: refused at load, naming the key
+        with pytest.raises(ConfigError, match=rf"{re.escape(key)}=\S+ is out of range"):
+            load_config(None, [f"{key}={text}"])
+
+
+def _allowed(key: str, value: Any) -> bool:
+    """Whether `value` lies in the range declared on the field of `key` (checked here, not via check_values)."""
+    section, name = key.split(".")
+    meta = {f.name: f.metadata for f in fields(type(getattr(Config(), section)))}[name]
+    if "range" not in meta:
+        return True
+    lo, hi, open_lo, open_hi = meta["range"]
+    if lo is not None and (value < lo or (open_lo and value == lo)):
+        return False
+    return hi is None or (value < hi or (not open_hi and value == hi))
 
 
 def test_float_in_exponent_notation_is_accepted() -> None:
