@@ -1,6 +1,7 @@
 """Every built-in loss; importing this package registers them in `facerec.registry.LOSSES` (no other effect)."""
 
 from facerec.losses import (  # noqa: F401  (imported for their @LOSSES.register side effect)
+    adaptive,
     center,
     lgm,
     lsoftmax,
@@ -11,6 +12,7 @@ from facerec.losses import (  # noqa: F401  (imported for their @LOSSES.register
     quadruplet,
     softmax,
     structured,
+    subcenter,
     uniformface,
 )
 from facerec.losses.base import SCORINGS, CombinedLoss, EmbeddingLoss, build_combined_loss, build_loss

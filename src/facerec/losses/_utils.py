@@ -18,6 +18,11 @@ def fp32(device: torch.device) -> Iterator[None]:
         yield
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp16 / bf16 / fp32 -> fp32; float64 stays float64 (so that `torch.autograd.gradcheck` can check a head)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def pairwise_distance(x: torch.Tensor, normalize: bool) -> torch.Tensor:
     """(B, D) -> (B, B) Euclidean distances, of the L2-normalised rows when `normalize`.
 
