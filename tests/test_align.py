@@ -8,16 +8,15 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from facerec.cli.main import main
 from facerec.data.folder import DataError
-from facerec.photos.align import (
-    TEMPLATE_64,
-    similarity_transform,
-    transform_points,
-    warp_similarity,
-)
-from test_lfw import one_thread, run_cli  # noqa: F401  (one_thread: autouse fixture)
+from facerec.photos.embed import load_embeddings
+from facerec.photos.warp import TEMPLATE_64, similarity_transform, transform_points, warp_similarity
+from test_export import make_tiny_checkpoint
+from test_lfw import one_thread, real_checkpoint, run_cli  # noqa: F401  (one_thread: autouse fixture)
 
 
 def test_similarity_transform_recovers_a_known_transform():
@@ -57,11 +56,16 @@ def test_warp_puts_the_landmarks_on_the_template(photo_size, scale):
 
 
 def test_missing_facenet_pytorch_says_how_to_install(monkeypatch):
+    """MTCNN is loaded on the first detection (a FaceAligner is free to make); without it, the install line."""
     from facerec.photos.align import FaceAligner
 
     monkeypatch.setitem(sys.modules, "facenet_pytorch", None)
-    with pytest.raises(ImportError, match="pip install --no-deps facenet-pytorch==2.6.0"):
-        FaceAligner()
+    aligner = FaceAligner()
+    crop = Image.new("RGB", (64, 64))
+    assert aligner.crop(crop) is crop  # already a crop of the aligner's size: no detector needed
+    with pytest.raises(ImportError, match="pip install --no-deps facenet-pytorch==2.6.0") as err:
+        aligner.crop(Image.new("RGB", (200, 200)))
+    assert "--no-align" in str(err.value)
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +134,43 @@ def test_align_folder_keeps_structure_and_reports_problems(aligner, shared_data,
     assert "1 aligned, 2 already there" in capsys.readouterr().out
     with pytest.raises(DataError, match="inside the input"):
         run_cli(["align", str(photos), str(photos / "sub"), "--device", "cpu"])
+
+
+def test_commands_align_by_default_on_lfw_tiny_photos(aligner, shared_data, tmp_path, capsys):
+    """embed, verify, enroll and identify on raw LFW photos, no flag: faces aligned (one loop, so verify's score
+    is the score of embed's rows) and a photo without a face skipped (embed) or refused (verify)."""
+    people = sorted((shared_data / "lfw_tiny" / "classify").iterdir())[:2]
+    if len(people) < 2:
+        pytest.skip("lfw_tiny not found")
+    (a1, a2), b1 = sorted(people[0].glob("*.jpg"))[:2], sorted(people[1].glob("*.jpg"))[0]
+    blank = tmp_path / "blank.jpg"
+    Image.new("RGB", (160, 120), (90, 90, 90)).save(blank)
+    real = real_checkpoint()
+    ckpt = str(real or make_tiny_checkpoint(tmp_path / "m.pt", image_size=64))
+    out = tmp_path / "e.npz"
+    args = ["--checkpoint", ckpt, "--json", "--device", "cpu"]
+    assert main(["embed", str(a1), str(a2), str(b1), str(blank), "--out", str(out), *args]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["embedded"] == 3 and r["aligned"] is True and r["no_face"] == [str(blank)]
+    es = load_embeddings(out)
+    assert main(["verify", "--checkpoint", ckpt, str(a1), str(a2), "--json"]) == 0
+    from facerec.metrics.verification import pair_scores
+
+    expected = float(
+        pair_scores(torch.from_numpy(es.embeddings[:1]), torch.from_numpy(es.embeddings[1:2]), es.scoring)[0]
+    )
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(expected, abs=1e-5)
+    assert main(["verify", "--checkpoint", ckpt, str(a1), str(blank)]) == 1
+    err = capsys.readouterr().err
+    assert f"no face found in {blank}" in err and "--no-align" in err
+
+    gallery = str(tmp_path / "gallery")
+    assert run_cli(["enroll", people[0].name, str(a1), "--gallery", gallery, *args]) == 0
+    assert run_cli(["enroll", people[1].name, str(b1), "--gallery", gallery, *args]) == 0
+    capsys.readouterr()
+    assert run_cli(["identify", str(a2), "--gallery", gallery, "--threshold", "-1", *args]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["photo"] == str(a2) and len(found["matches"]) == 2
+    assert dict(found["matches"])[people[0].name] == pytest.approx(expected, abs=1e-4)  # a2 vs a1, as embed did
+    if real is not None:
+        assert found["name"] == people[0].name

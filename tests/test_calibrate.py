@@ -80,6 +80,7 @@ def test_calibrate_cli_on_lfw_pairs_in_place(shared_data, tmp_path_factory, tmp_
                 "--json",
                 "--device",
                 "cpu",
+                "--no-align",  # 169 photos through MTCNN would take minutes; the tiny model is plumbing only
             ]
         )
         == 0

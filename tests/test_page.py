@@ -97,6 +97,7 @@ def test_page_compares_two_photos_like_the_api(server, browser, tmp_path):
     browser.get(server + "/")
     wait = WebDriverWait(browser, 20)
     wait.until(lambda d: "tiny_cnn" in d.find_element(By.ID, "model-info").text)
+    assert "photos resized whole, not aligned (--no-align)" in browser.find_element(By.ID, "model-info").text
     browser.find_element(By.ID, "file-a").send_keys(str(files[0].resolve()))
     browser.find_element(By.ID, "file-b").send_keys(str(files[1].resolve()))
     browser.find_element(By.ID, "compare").click()

@@ -295,12 +295,63 @@ def test_cli_serve_builds_the_app_from_its_flags(tmp_path, monkeypatch):
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.update(app=app, host=host, port=port))
     ckpt = make_tiny_checkpoint(tmp_path / "best.pt", image_size=32)
-    assert run_cli(["serve", "--checkpoint", str(ckpt), "--port", "8123", "--max-upload-mb", "0.01"]) == 0
+    argv = ["serve", "--checkpoint", str(ckpt), "--port", "8123", "--max-upload-mb", "0.01", "--no-align"]
+    assert run_cli(argv) == 0
     assert served["host"] == "127.0.0.1" and served["port"] == 8123
     with TestClient(served["app"]) as c:
         info = c.get("/api/info").json()
-        assert info["limits"]["max_bytes"] == 10485 and "--gallery" in info["gallery"]
+        assert info["limits"]["max_bytes"] == 10485 and "--gallery" in info["gallery"] and info["align"] is False
         assert c.post("/api/identify", files={"image": ("a.jpg", b"x", "image/jpeg")}).status_code == 501
+
+
+def test_cli_serve_aligns_by_default_or_says_how_to_install(tmp_path, monkeypatch, capsys):
+    uvicorn = pytest.importorskip("uvicorn")
+    import sys
+
+    from test_export import run_cli
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: served.update(app=app))
+    ckpt = str(make_tiny_checkpoint(tmp_path / "best.pt", image_size=32))
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "facenet_pytorch", None)  # the photos extra is missing: no start, the way out
+        assert run_cli(["serve", "--checkpoint", ckpt]) == 1 and not served
+        err = capsys.readouterr().err
+        assert "pip install --no-deps facenet-pytorch==2.6.0" in err and "--no-align" in err
+    pytest.importorskip("facenet_pytorch")
+    assert run_cli(["serve", "--checkpoint", ckpt, "--align"]) == 0  # --align: the default, still accepted
+    assert "faces aligned" in capsys.readouterr().out
+    with TestClient(served["app"]) as c:
+        assert c.get("/api/info").json()["align"] is True
+
+
+class NoDetector:
+    """Stands in for photos.align.FaceAligner's detection: records what it is shown and finds no face."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def __call__(self, img: Image.Image) -> list:
+        self.seen.append(img.size)
+        return []
+
+
+def test_facerec_aligner_takes_an_upload_of_the_model_size_as_a_crop(setup, monkeypatch):
+    """The service's aligner follows FaceAligner.crop: a 32x32 upload for a 32x32 model is not re-detected
+    (embedded exactly like the file), a bigger photo is, and no face there is a 422."""
+    from facerec.photos.align import FaceAligner
+    from facerec.serve.ports import FacerecAligner
+
+    model, files = setup
+    impl, spy = FaceAligner(size=32), NoDetector()
+    monkeypatch.setattr(impl, "detect", spy)
+    crop = photos(files[0].parent.parent / "crops32", 1, size=32)[0]
+    with TestClient(create_app(model, aligner=FacerecAligner(impl))) as c:
+        r = c.post("/api/embed", files={"image": upload(crop)})
+        assert r.status_code == 200 and spy.seen == []
+        torch.testing.assert_close(torch.tensor(r.json()["embedding"]), model.embed([crop])[0], atol=1e-5, rtol=0)
+        r = c.post("/api/embed", files={"image": upload(files[0])})  # 48x48: detection runs, finds nothing
+        assert r.status_code == 422 and spy.seen == [(48, 48)]
 
 
 def test_an_ensemble_serves_like_a_model(tmp_path):

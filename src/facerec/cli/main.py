@@ -88,6 +88,8 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_misc(sub: argparse._SubParsersAction) -> None:
+    from facerec.cli.options import add_align_switch
+
     p = sub.add_parser("report", help="write the one-page write-up of a run (Markdown + PNG plots)")
     p.add_argument("run_dir")
     p = sub.add_parser("verify", help="score two face images; same/different at the model's threshold")
@@ -95,10 +97,17 @@ def _add_misc(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image_a")
     p.add_argument("image_b")
     p.add_argument("--threshold", type=float)
-    p.add_argument("--align", action="store_true", help="detect and align faces in raw photos first (MTCNN)")
+    add_align_switch(p)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("list", help="list registered losses, backbones or shipped recipes")
     p.add_argument("what", choices=["losses", "backbones", "recipes"])
+
+
+def _command_modules() -> tuple:
+    """The modules that add subcommands (`add_parsers(sub)`, `COMMANDS`): photos, galleries, benchmarks, serve."""
+    from facerec.cli import benchmark, gallery, photos, serve
+
+    return photos, gallery, benchmark, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,11 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_pack(sub)
     _add_misc(sub)
-    from facerec.cli import photos as cli_photos
-    from facerec.cli import serve as cli_serve
-
-    cli_photos.add_parsers(sub)
-    cli_serve.add_parsers(sub)
+    for module in _command_modules():
+        module.add_parsers(sub)
     return parser
 
 
@@ -224,16 +230,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from facerec.cli.options import embed_each
     from facerec.inference.model import FaceModel
+    from facerec.metrics.verification import pair_scores
 
     fm = FaceModel.load(args.checkpoint)
     thr = args.threshold if args.threshold is not None else fm.threshold
-    a, b = args.image_a, args.image_b
-    if args.align:  # raw photos: detect, then align to the training framing
-        from facerec.photos.align import FaceAligner, load_faces
-
-        a, b = load_faces([a, b], FaceAligner())
-    score = fm.score(a, b)
+    e = embed_each(args, fm, [args.image_a, args.image_b])  # aligned unless --no-align (photos.embed.embed_photos)
+    score = float(pair_scores(e[:1], e[1:], fm.scoring)[0])
     same = None if thr is None else score >= thr
     if args.json:
         print(json.dumps({"score": score, "threshold": thr, "same": same, "scoring": fm.scoring}))
@@ -275,11 +279,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from facerec.cli import photos as cli_photos
-    from facerec.cli import serve as cli_serve
-
-    COMMANDS.update(cli_photos.COMMANDS)
-    COMMANDS.update(cli_serve.COMMANDS)
+    for module in _command_modules():
+        COMMANDS.update(module.COMMANDS)
     from facerec.config import ConfigError
     from facerec.data.folder import DataError
     from facerec.engine.checkpoint import CheckpointError

@@ -51,6 +51,8 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from facerec.cli.options import add_align_switch
+
     p = sub.add_parser(
         "serve",
         help="web service + page: verify two photos, identify / enroll with a gallery",
@@ -60,11 +62,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="a checkpoint, an exported .pt, or an exported .onnx")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument(
-        "--align",
-        action="store_true",
-        help="align faces in uploaded photos (facerec.photos.align, MTCNN) instead of resizing the whole photo",
-    )
+    add_align_switch(p)  # uploads: the face aligned (default), or --no-align: the whole photo resized
     p.add_argument(
         "--gallery",
         metavar="DIR",
@@ -133,17 +131,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"facerec serve: {err}; pip install 'facerec[onnx]'", file=sys.stderr)
         return 1
     aligner = None
-    if args.align:
+    if args.align:  # the default: refuse to start rather than serve photos the model cannot read
         aligner = load_aligner(model.image_size)
         if isinstance(aligner, Unavailable):
-            print(f"facerec serve: --align: {aligner.reason}", file=sys.stderr)
+            print(f"facerec serve: {aligner.reason}", file=sys.stderr)
             return 1
     gallery = load_gallery(model, args.gallery)
     if isinstance(gallery, Unavailable):
         print(f"facerec serve: identify/enroll/delete answer 501: {gallery.reason}", file=sys.stderr)
     limits = Limits(max_bytes=int(args.max_upload_mb * MiB), max_pixels=args.max_pixels)
     app = create_app(model, gallery=gallery, aligner=aligner, limits=limits)
-    print(f"serving {args.checkpoint} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    mode = "faces aligned" if aligner else "photos resized whole (--no-align)"
+    print(f"serving {args.checkpoint} on http://{args.host}:{args.port}/ ({mode}; Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 

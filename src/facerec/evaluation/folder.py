@@ -1,7 +1,7 @@
 """How well does a model separate the people of your own labelled photos? `facerec benchmark folder --root DIR`.
 
-DIR holds one folder per person (`DIR/<name>/<photo>`), raw photos (`--align`) or aligned crops. Every photo is
-embedded once; then:
+DIR holds one folder per person (`DIR/<name>/<photo>`), raw photos (aligned first) or aligned crops. Every photo is
+embedded once (a photo without a detected face is used whole, as in LFW); then:
 
 * verification: all N(N-1)/2 pairs, labelled same / different by folder and scored with the model's own scoring,
   reported as `verification_report` does (AUC, EER, TAR at FAR 1e-2 / 1e-3, best-threshold accuracy). Above
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from facerec.data.folder import DataError, scan_identity_folders
-from facerec.evaluation.lfw import embed_photos
+from facerec.evaluation.lfw import embed_every_photo
 from facerec.inference.model import PairVerifier
 from facerec.metrics.scoring import Scoring
 from facerec.metrics.verification import verification_report
@@ -108,7 +108,7 @@ def benchmark_folder(
             f"{root}: benchmarking needs at least 2 people and 3 photos; found {people} and {len(index)}"
         )
     log(f"{len(index)} photos of {people} people under {root}")
-    emb, fallback = embed_photos(fm, index.paths, aligner, flip, log)
+    emb, fallback = embed_every_photo(fm, index.paths, aligner, flip, log)
     labels = np.asarray(index.labels)
     ia, ib, sampled = pair_indices(labels, max_pairs, seed)
     if not (labels[ia] == labels[ib]).any():
@@ -125,6 +125,6 @@ def benchmark_folder(
         n_people=people,
         scoring=fm.scoring,
         aligned=aligner is not None,
-        no_face=[p.as_posix() for p in fallback],
+        no_face=[Path(p).as_posix() for p in fallback],
     )
     return report

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from facerec.data.folder import DataError
 from facerec.data.pairs import PairList, check_pair_files, read_pairs, unique_images
 from facerec.metrics.scoring import Scoring
 from facerec.metrics.verification import verification_report
+from facerec.photos.embed import embed_photos
 
 if TYPE_CHECKING:
     from facerec.inference.model import FaceModel
@@ -87,29 +89,21 @@ def lfw_report(scores: Any, labels: Any, folds: Any) -> dict[str, Any]:
     }
 
 
-def embed_photos(
+def embed_every_photo(
     fm: FaceModel,
     paths: list[Path],
     aligner: FaceAligner | None,
     flip: bool = True,
     log: Callable[[str], None] = print,
-) -> tuple[Any, list[Path]]:
-    """(N, D) embeddings of photos, aligned first when `aligner` is given. A photo without a detected face is
-    embedded as the whole image resized (LFW's photos are centred on a face); those paths are returned."""
-    if aligner is None:
-        return fm.embed(paths, flip=flip), []
-    from facerec.photos.align import open_photo, pick_face
-
-    crops, fallback = [], []
-    for i, p in enumerate(paths, 1):
-        photo = open_photo(p)
-        faces = aligner.detect(photo)
-        crops.append(aligner.align_face(photo, pick_face(faces)) if faces else photo)
-        if not faces:
-            fallback.append(p)
-        if i % 500 == 0:
-            log(f"aligned {i}/{len(paths)} photos")
-    return fm.embed(crops, flip=flip), fallback
+) -> tuple[torch.Tensor, list[str]]:
+    """(N, D) embeddings of every photo, in order, and the photos in which no face was found. Every pair must be
+    scored, so such a photo is embedded whole, resized (photos.embed.embed_photos, no_face="whole"; LFW's photos
+    are centred on a face); an unreadable photo is a DataError."""
+    es = embed_photos(fm, paths, aligner, flip, no_face="whole", log=log)
+    if es.unreadable:
+        more = f" ({len(es.unreadable) - 1} more)" if len(es.unreadable) > 1 else ""
+        raise DataError(f"cannot read photo {es.unreadable[0]}{more}: not an image, or corrupt; replace it")
+    return torch.from_numpy(es.embeddings), es.no_face
 
 
 def score_photo_pairs(
@@ -119,11 +113,11 @@ def score_photo_pairs(
     aligner: FaceAligner | None = None,
     flip: bool = True,
     log: Callable[[str], None] = print,
-) -> tuple[np.ndarray, list[Path], list[Path]]:
-    """Embed each photo of the pairs once (`embed_photos`) and score every pair with the model's scoring:
+) -> tuple[np.ndarray, list[Path], list[str]]:
+    """Embed each photo of the pairs once (`embed_every_photo`) and score every pair with the model's scoring:
     ((N,) float64 scores, the unique photos, the photos in which no face was found and which were used whole)."""
     unique, ia, ib = unique_images(*_pair_paths(pairs, root))
-    emb, no_face = embed_photos(fm, unique, aligner, flip, log)
+    emb, no_face = embed_every_photo(fm, unique, aligner, flip, log)
     scores = Scoring.of(fm.scoring).indexed_pairs(emb, ia, ib).numpy()
     return scores.astype(np.float64), unique, no_face
 
@@ -146,6 +140,6 @@ def benchmark_lfw(
         scoring=fm.scoring,
         n_images=len(paths),
         aligned=aligner is not None,
-        no_face=[p.as_posix() for p in fallback],
+        no_face=[Path(p).as_posix() for p in fallback],
     )
     return report

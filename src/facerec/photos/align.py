@@ -1,10 +1,9 @@
 """Real photos to training-style crops: MTCNN face detection + a 5-point similarity alignment to the 64x64 framing.
 
-The training data (facehw, HW2P2) are 64x64 crops aligned on five MTCNN landmarks with a similarity transform.
-`TEMPLATE_64` is where those landmarks sit in the training crops, measured on the data itself (docs/alignment.md),
-so a photo aligned here is framed like a training image. MTCNN comes from facenet-pytorch, which ships its
-weights inside the package (no download at run time); it is imported lazily, so everything else in facerec works
-without it.
+The geometry (template, similarity fit, warp) is in photos/warp.py; this module finds the faces and applies it.
+MTCNN comes from facenet-pytorch, which ships its weights inside the package (no download at run time). It is
+loaded on the first detection, so everything else in facerec works without it, and so do photos that are
+already crops of the model's size (`FaceAligner.crop` takes them as they are).
 """
 
 from __future__ import annotations
@@ -20,22 +19,21 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from facerec.data.folder import IMAGE_EXTENSIONS, MAX_PIXELS, DataError, is_hidden, is_image_name
+from facerec.photos.warp import (  # noqa: F401  (LANDMARKS, transform_points: re-exported, public names here)
+    LANDMARKS,
+    TEMPLATE_64,
+    similarity_transform,
+    transform_points,
+    warp_similarity,
+)
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
-# (x, y) in 64x64 pixel coordinates (continuous: the image spans [0, 64]), image-left eye first: left eye,
-# right eye, nose tip, left and right mouth corner. Measured on the data (docs/alignment.md): 145 lfw_tiny photos
-# registered onto their facehw crops give the dataset's own transform; our MTCNN landmarks mapped through it,
-# averaged. The mean landmarks MTCNN finds in facehw crops (`measure_template`) agree within 0.4 px.
-TEMPLATE_64 = np.array(
-    [[23.10, 30.40], [41.33, 30.23], [32.43, 41.14], [24.44, 50.35], [40.18, 50.26]], dtype=np.float64
-)
-LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 INSTALL_HINT = (
-    "face detection needs facenet-pytorch; install it without its outdated torch pins: "
-    "pip install --no-deps facenet-pytorch==2.6.0 && pip install requests tqdm"
+    "face alignment (the default for photos) needs facenet-pytorch's MTCNN; install it without its outdated "
+    "torch pins: pip install --no-deps facenet-pytorch==2.6.0 && pip install -e '.[photos]'; or pass --no-align "
+    "to resize each photo whole (right for photos that are already face crops)"
 )
-_MIN_WARP_SCALE = 0.4  # below this the photo is first shrunk with antialiasing (bilinear warps alias)
 _SMALL = 160  # images with a shorter side are upscaled (and padded) before detection: crops fill the frame
 
 
@@ -49,52 +47,6 @@ class Face(NamedTuple):
     @property
     def area(self) -> float:
         return float(max(self.box[2] - self.box[0], 0) * max(self.box[3] - self.box[1], 0))
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares 2D similarity (rotation, uniform scale, translation) mapping src (K, 2) onto dst (K, 2).
-
-    Umeyama (1991), "Least-squares estimation of transformation parameters between two point patterns", without
-    reflections. Returns M (2, 3) with dst ~ M @ [x, y, 1].
-    """
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
-        raise ValueError(f"need two (K, 2) point sets with K >= 2, got {src.shape} and {dst.shape}")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s0, d0 = src - mu_s, dst - mu_d
-    var = (s0**2).sum() / len(src)
-    if var <= 0:
-        raise ValueError("the source points coincide; no similarity transform is defined")
-    u, sig, vt = np.linalg.svd(d0.T @ s0 / len(src))
-    d = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
-    rot = u @ d @ vt
-    scale = float((sig * np.diag(d)).sum() / var)
-    t = mu_d - scale * rot @ mu_s
-    return np.hstack([scale * rot, t[:, None]])
-
-
-def transform_points(m: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a (2, 3) affine matrix to (K, 2) points."""
-    return np.asarray(points, np.float64) @ m[:, :2].T + m[:, 2]
-
-
-def warp_similarity(img: Image.Image, m: np.ndarray, size: int) -> Image.Image:
-    """The size x size output of the similarity `m` (photo -> crop coordinates), bilinear.
-
-    The facehw crops were warped directly with bilinear sampling (which matches them best, docs/alignment.md);
-    when the photo must shrink more than 1/`_MIN_WARP_SCALE` times, it is first resized with antialiasing so
-    the warp does not alias.
-    """
-    scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
-    if scale < _MIN_WARP_SCALE:
-        f = scale / _MIN_WARP_SCALE
-        new_size = (max(1, round(img.width * f)), max(1, round(img.height * f)))
-        small = img.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        fx, fy = small.width / img.width, small.height / img.height
-        m = m @ np.array([[1 / fx, 0, 0], [0, 1 / fy, 0], [0, 0, 1]])  # crop <- small photo
-        img = small
-    inv = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
-    return img.transform((size, size), Image.Transform.AFFINE, inv.ravel().tolist(), Image.Resampling.BILINEAR)
 
 
 def open_photo(source: ImageLike) -> Image.Image:
@@ -139,14 +91,21 @@ class FaceAligner:
         device: str = "cpu",
     ) -> None:
         self.size, self.min_score, self.max_side = size, min_score, max_side
+        self.min_face_size, self.device = min_face_size, device
         self.template = TEMPLATE_64 * (size / 64.0)
-        self._mtcnn = _load_mtcnn(min_face_size, device)
+        self._mtcnn: Any = None
+
+    def detector(self) -> Any:
+        """MTCNN, loaded on first use; ImportError with the install line (INSTALL_HINT) when it is missing."""
+        if self._mtcnn is None:
+            self._mtcnn = _load_mtcnn(self.min_face_size, self.device)
+        return self._mtcnn
 
     def detect(self, img: ImageLike) -> list[Face]:
         """Faces in the photo, largest first, with boxes and landmarks in the photo's pixel coordinates."""
         photo = open_photo(img)
         det, scale, pad = _detection_view(photo, self.max_side)
-        boxes, probs, points = self._mtcnn.detect(det, landmarks=True)
+        boxes, probs, points = self.detector().detect(det, landmarks=True)
         if boxes is None:
             return []
         faces = []
@@ -157,15 +116,32 @@ class FaceAligner:
             faces.append(Face(box, float(prob), (np.asarray(pts, np.float64) - pad) / scale))
         return sorted(faces, key=lambda f: -f.area)
 
-    def align_face(self, img: ImageLike, face: Face) -> Image.Image:
-        """The crop of one detected face."""
-        m = similarity_transform(face.landmarks, self.template)
-        return warp_similarity(open_photo(img), m, self.size)
+    def align_face(self, img: ImageLike, face: Face, size: int | None = None) -> Image.Image:
+        """The size x size crop of one detected face (default: the aligner's size; the template scales with it)."""
+        size = size or self.size
+        m = similarity_transform(face.landmarks, TEMPLATE_64 * (size / 64.0))
+        return warp_similarity(open_photo(img), m, size)
 
     def align(self, img: ImageLike) -> list[Image.Image]:
         """Crops of every face in the photo, largest first (empty when there is none)."""
         photo = open_photo(img)
         return [self.align_face(photo, f) for f in self.detect(photo)]
+
+    def crop(self, photo: Image.Image, size: int | None = None, by: str = "largest") -> Image.Image | None:
+        """The one crop the model sees for an upright RGB photo: size x size (default: the aligner's size).
+
+        A photo that already is size x size is taken as an aligned crop and returned as it is, without detection:
+        MTCNN on a crop whose face fills the frame may miss it or frame it a little differently, and datasets of
+        crops (HW2P2) then embed exactly as they were trained. Otherwise the `by` face (pick_face) is aligned;
+        None when no face is found.
+        """
+        size = size or self.size
+        if photo.size == (size, size):
+            return photo
+        faces = self.detect(photo)
+        if not faces:
+            return None
+        return self.align_face(photo, pick_face(faces, by), size)
 
 
 def measure_template(crops: list[ImageLike], aligner: FaceAligner) -> tuple[np.ndarray, int]:
@@ -213,18 +189,19 @@ def pick_face(faces: list[Face], by: str = "largest") -> Face:
 
 
 def load_face(source: ImageLike, aligner: FaceAligner | None, by: str = "largest") -> Image.Image:
-    """One photo -> one aligned crop, ready for `FaceModel.embed`. With `aligner=None` the photo is taken as an
-    already-aligned crop (returned upright, RGB). DataError when no face is found."""
+    """One photo -> one crop, ready for `FaceModel.embed` (`FaceAligner.crop`: a photo already at the aligner's
+    size is taken as a crop). With `aligner=None` the photo is taken as an already-aligned crop (returned upright,
+    RGB). DataError when no face is found."""
     photo = open_photo(source)
     if aligner is None:
         return photo
-    faces = aligner.detect(photo)
-    if not faces:
+    face = aligner.crop(photo, by=by)
+    if face is None:
         raise DataError(
-            f"no face found in {source if isinstance(source, str | Path) else 'the image'}; "
-            "use a photo with a visible face, or pass an already-aligned crop without --align"
+            f"no face found in {source if isinstance(source, str | Path) else 'the image'}; use a photo with a "
+            "visible face, or, for a photo that already is a face crop, --no-align (aligner=None)"
         )
-    return aligner.align_face(photo, pick_face(faces, by))
+    return face
 
 
 def load_faces(sources: list[ImageLike], aligner: FaceAligner | None, by: str = "largest") -> list[Image.Image]:

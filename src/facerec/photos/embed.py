@@ -1,8 +1,13 @@
-"""Embeddings of many photos, to a file and back: `facerec embed PHOTOS... --out FILE`.
+"""Photos to embeddings, the one loop every command and the service use, and embedding files: `facerec embed`.
 
-Inputs are image files and folders (every image below a folder, any depth, in a stable order). Photos are read in
-chunks, so memory stays bounded for large folders; an unreadable photo (and, with an aligner, a photo without a
-detected face) is skipped and listed, never embedded as something else, so that every row of the file is a face.
+`embed_photos` turns each photo into the crop the model sees and embeds it. With an aligner (the default of every
+command) a photo already at the model's input size is taken as an aligned crop, and any other photo is aligned on
+its largest detected face (`FaceAligner.crop`); without one (`--no-align`) every photo is resized whole, exactly
+as `FaceModel.embed(path)` reads it. What happens to a photo in which no face is found is the caller's explicit
+choice, `no_face`: "skip" leaves it out (galleries, embedding files, clusters: every row is a face), "whole" embeds
+the whole photo resized instead (benchmarks and calibration: every pair needs a score). Either way it is listed
+in `EmbeddingSet.no_face`; an unreadable photo is always left out and listed in `unreadable`, never embedded as
+something else. Photos go in chunks, so memory stays bounded for large folders.
 
 Files: `.npz` (NumPy; `embeddings` (N, D) float32, `paths` (N,), and the model's `scoring` and `threshold`, with
 no pickled objects) or `.csv` (a header `path,e0,...,e{D-1}`, a row per photo, for tools outside Python).
@@ -14,20 +19,26 @@ import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from facerec.data.folder import DataError, load_images
+from facerec.data.folder import DataError, load_image, load_images
+from facerec.photos.align import FaceAligner, list_photos, open_photo
 
 FORMATS = (".npz", ".csv")
+NoFace = Literal["skip", "whole"]
+_ALIGNED_CHUNK = 256  # photos per chunk when detecting faces (MTCNN is slow: progress is reported per chunk)
 
 
 @dataclass
 class EmbeddingSet:
     """Row i of `embeddings` is the photo `paths[i]`; `scoring` and `threshold` are the model's, so that scores
-    computed from the file match the model's own (`facerec.metrics.verification.pair_scores`)."""
+    computed from the file match the model's own (`facerec.metrics.verification.pair_scores`).
+
+    `unreadable`: photos left out because they could not be read. `no_face`: photos in which no face was found,
+    left out (no_face="skip") or embedded whole (no_face="whole")."""
 
     embeddings: np.ndarray
     paths: list[str]
@@ -51,9 +62,8 @@ class EmbeddingSet:
 
 
 def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files as given, and every image below each folder (hidden entries skipped), without repeats."""
-    from facerec.photos.align import list_photos
-
+    """Image files as given, and every image below each folder (any depth, hidden entries skipped, a stable
+    order), without repeats. A path that does not exist, or a folder without images, is a DataError up front."""
     found: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
@@ -76,28 +86,35 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return unique
 
 
-def embed_files(
+def embed_photos(
     fm: Any,
-    inputs: Sequence[str | Path],
-    aligner: Any = None,
+    photos: Sequence[str | Path],
+    aligner: FaceAligner | None = None,
     flip: bool = True,
+    no_face: NoFace = "skip",
     chunk: int = 2048,
     log: Callable[[str], None] = print,
 ) -> EmbeddingSet:
-    """Embed every photo of `inputs` (files and folders) with `fm` (a FaceModel or OnnxFaceModel).
+    """Embed `photos` (in their order) with `fm` (a FaceModel or OnnxFaceModel); see the module notes.
 
-    With `aligner` (photos.align.FaceAligner) each photo's face is detected and aligned first (the largest face
-    when there are several); photos without a face are skipped and listed in `no_face`. Unreadable photos are
-    skipped and listed in `unreadable`. DataError when no photo could be embedded.
+    Args:
+        aligner: detects and aligns faces (the crop size is the model's `image_size`); None resizes every
+            photo whole.
+        no_face: "skip" or "whole", for a photo in which the aligner finds no face.
+        chunk: photos decoded and embedded at a time (at most 256 while aligning).
+
+    Returns the embeddings (N, D) float32 of the photos kept, in order. DataError when none could be embedded.
     """
-    paths = list_inputs(inputs)
-    size = int(fm.image_size)
+    if no_face not in ("skip", "whole"):
+        raise ValueError(f"unknown no_face policy {no_face!r}; choose 'skip' or 'whole'")
+    paths, size = [Path(p) for p in photos], int(fm.image_size)
+    step = chunk if aligner is None else min(chunk, _ALIGNED_CHUNK)
     kept: list[str] = []
     parts: list[torch.Tensor] = []
     unreadable: list[str] = []
-    no_face: list[str] = []
-    for start in range(0, len(paths), chunk):
-        batch = paths[start : start + chunk]
+    faceless: list[str] = []
+    for start in range(0, len(paths), step):
+        batch = paths[start : start + step]
         if aligner is None:
             images, failed = load_images(batch, size)
             bad = set(failed)
@@ -105,7 +122,7 @@ def embed_files(
             ok = [str(p) for i, p in enumerate(batch) if i not in bad]
             u8 = torch.from_numpy(images)
         else:
-            ok, u8 = _aligned(batch, aligner, size, unreadable, no_face)
+            ok, u8 = _aligned(batch, aligner, size, no_face, unreadable, faceless)
         if ok:
             parts.append(fm.embed(u8, flip=flip).float())
             kept += ok
@@ -113,37 +130,50 @@ def embed_files(
     if not kept:
         raise DataError(
             f"none of the {len(paths)} photos could be embedded ({len(unreadable)} unreadable, "
-            f"{len(no_face)} without a detected face)"
+            f"{len(faceless)} without a detected face)"
         )
     emb = torch.cat(parts).numpy().astype(np.float32)
-    return EmbeddingSet(emb, kept, fm.scoring, fm.threshold, unreadable, no_face)
+    return EmbeddingSet(emb, kept, fm.scoring, fm.threshold, unreadable, faceless)
 
 
 def _aligned(
-    batch: list[Path], aligner: Any, size: int, unreadable: list[str], no_face: list[str]
+    batch: list[Path], aligner: FaceAligner, size: int, no_face: NoFace, unreadable: list[str], faceless: list[str]
 ) -> tuple[list[str], torch.Tensor]:
-    from PIL import Image
-
-    from facerec.photos.align import open_photo, pick_face
-
+    """(paths kept, uint8 (n, size, size, 3) crops) of one chunk; appends to `unreadable` and `faceless`."""
     ok, crops = [], []
     for p in batch:
         try:
-            photo = open_photo(p)
+            face = aligner.crop(open_photo(p), size)
         except DataError:
             unreadable.append(str(p))
             continue
-        faces = aligner.detect(photo)
-        if not faces:
-            no_face.append(str(p))
-            continue
-        crop = aligner.align_face(photo, pick_face(faces))
-        if crop.size != (size, size):
-            crop = crop.resize((size, size), Image.Resampling.BILINEAR)
-        crops.append(np.asarray(crop.convert("RGB"), dtype=np.uint8))
+        if face is not None:
+            crops.append(np.asarray(face.convert("RGB"), dtype=np.uint8))
+        else:
+            faceless.append(str(p))
+            if no_face == "skip":
+                continue
+            whole = load_image(p, size)  # the whole photo resized, as --no-align embeds it
+            if whole is None:
+                unreadable.append(str(p))
+                continue
+            crops.append(whole)
         ok.append(str(p))
     u8 = torch.from_numpy(np.stack(crops)) if crops else torch.zeros(0, size, size, 3, dtype=torch.uint8)
     return ok, u8
+
+
+def embed_files(
+    fm: Any,
+    inputs: Sequence[str | Path],
+    aligner: FaceAligner | None = None,
+    flip: bool = True,
+    no_face: NoFace = "skip",
+    chunk: int = 2048,
+    log: Callable[[str], None] = print,
+) -> EmbeddingSet:
+    """`embed_photos` of every photo of `inputs` (image files and folders, `list_inputs`)."""
+    return embed_photos(fm, list_inputs(inputs), aligner, flip, no_face, chunk, log)
 
 
 def _format(path: Path) -> str:

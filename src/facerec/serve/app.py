@@ -103,7 +103,8 @@ def create_app(
     """A FastAPI app serving `model` (api.FaceModel or onnx_backend.OnnxFaceModel).
 
     `gallery`: None (identify/enroll/delete answer 501), Unavailable(reason) (501 with that reason), or a
-    ports.Gallery. `aligner`: None (photos are resized) or a ports.Aligner. `max_k`: cap on identify's k.
+    ports.Gallery. `aligner`: None (each photo resized whole: `facerec serve --no-align`) or a ports.Aligner
+    (`ports.load_aligner`: what `facerec serve` uses by default). `max_k`: cap on identify's k.
     """
     svc = Service(model, gallery, aligner, limits or Limits())
     app = FastAPI(title="facerec", description="Face verification and identification", version="1")

@@ -28,7 +28,8 @@ class Model(Protocol):
 
 class Aligner(Protocol):
     def align(self, image: Image.Image) -> Any:
-        """An RGB photo -> the aligned face crop (PIL image or HxWx3 uint8 array), or None if no face is found."""
+        """An RGB photo -> the aligned face crop (PIL image or HxWx3 uint8 array), or None if no face is found.
+        facerec's (FacerecAligner) takes a photo already at the model's input size as an aligned crop."""
 
 
 class Gallery(Protocol):
@@ -109,25 +110,26 @@ def load_gallery(model: Model, folder: str | Path | None) -> Gallery | Unavailab
 
 
 class FacerecAligner:
-    """Adapts facerec.photos.align.FaceAligner (MTCNN + 5-point similarity warp): the largest face, or None."""
+    """Adapts facerec.photos.align.FaceAligner to the `Aligner` interface: `FaceAligner.crop`, the rule every
+    command uses (a photo already size x size is taken as a crop, else the largest face aligned, or None)."""
 
     def __init__(self, impl: Any) -> None:
         self.impl = impl
         self.lock = threading.Lock()  # MTCNN is a torch model shared by the request threads
 
     def align(self, image: Image.Image) -> Image.Image | None:
-        from facerec.photos.align import pick_face
-
         with self.lock, torch.inference_mode():
-            faces = self.impl.detect(image)
-            return self.impl.align_face(image, pick_face(faces)) if faces else None
+            return self.impl.crop(image)
 
 
 def load_aligner(size: int) -> Aligner | Unavailable:
-    """facerec.photos.align.FaceAligner(size) behind the `Aligner` interface, or Unavailable(reason)."""
+    """facerec.photos.align.FaceAligner(size) behind the `Aligner` interface, its MTCNN loaded now (a server
+    should fail at start-up, not on its first upload), or Unavailable(reason: how to install it)."""
     try:
         from facerec.photos.align import FaceAligner
 
-        return FacerecAligner(FaceAligner(size=size))
+        impl = FaceAligner(size=size)
+        impl.detector()
+        return FacerecAligner(impl)
     except (ImportError, OSError, RuntimeError) as err:
         return Unavailable(f"face alignment is not available: {err}")
