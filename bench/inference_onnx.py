@@ -25,7 +25,7 @@ from facerec.config import config_from_dict, config_to_dict
 from facerec.engine.build import build_loss_fn, build_model
 from facerec.engine.checkpoint import load_checkpoint, save_checkpoint
 from facerec.inference.export import export_onnx
-from facerec.inference.model import FaceModel
+from facerec.inference.load import load
 from facerec.inference.onnx import OnnxFaceModel
 
 
@@ -89,7 +89,7 @@ def main() -> None:
         for name in names:
             ckpt = args.checkpoint or checkpoint(Path(tmp), name, args.image_size)
             onnx_path, _ = export_onnx(ckpt, Path(tmp) / f"{name}.onnx")
-            torch_model, ort_model = FaceModel.load(ckpt), OnnxFaceModel(onnx_path, threads=args.threads)
+            torch_model, ort_model = load(ckpt), OnnxFaceModel(onnx_path, threads=args.threads)
             t_wall, t_cpu, t_out = rate(torch_model, images, args.batch_size, args.repeats)
             o_wall, o_cpu, o_out = rate(ort_model, images, args.batch_size, args.repeats)
             diff = float((o_out - t_out).abs().max() / t_out.abs().max())

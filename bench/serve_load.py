@@ -33,10 +33,10 @@ def serve(model_path: str, port: int) -> None:
     """The server side (run in the subprocess): a .pt with PyTorch, a .onnx with ONNX Runtime."""
     import uvicorn
 
-    from facerec.inference.onnx import load_any
+    from facerec.inference.load import load as load_model
     from facerec.serve.app import create_app
 
-    uvicorn.run(create_app(load_any(model_path)), host=HOST, port=port, log_level="warning")
+    uvicorn.run(create_app(load_model(model_path)), host=HOST, port=port, log_level="warning")
 
 
 def random_checkpoint(folder: Path) -> str:

@@ -40,7 +40,7 @@ from PIL import Image, ImageFilter
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.pairset import load_pairset
 from facerec.engine.evaluate import evaluate_pairs, score_pairs
-from facerec.inference.model import FaceModel
+from facerec.inference.load import load
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # one uint8 (S, S, 3) image -> the same shape
 
@@ -123,7 +123,7 @@ def main() -> None:
     layout = detect_layout(data_root(args.data))
     if layout.pairs_val is None:
         raise SystemExit(f"{layout.root} has no labelled val pair file (verification_pairs_val.txt)")
-    models = [FaceModel.load(c) for c in args.checkpoints]
+    models = [load(c) for c in args.checkpoints]
     sizes = {m.image_size for m in models}
     if len(sizes) != 1:
         raise SystemExit(f"the checkpoints take different image sizes {sorted(sizes)}; compare like with like")

@@ -17,7 +17,7 @@ from conftest import make_hw2p2
 from facerec.cli.main import main
 from facerec.data.pairs import read_pairs
 from facerec.engine.checkpoint import load_checkpoint
-from facerec.inference.ensemble import EnsembleError, EnsembleFaceModel, build_ensemble
+from facerec.evaluation.ensemble import EnsembleError, EnsembleFaceModel, build_ensemble
 from test_export import make_tiny_checkpoint
 
 

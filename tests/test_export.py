@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 from pathlib import Path
 
@@ -11,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+import facerec
 from facerec.config import config_from_dict, config_to_dict
 from facerec.engine.build import build_loss_fn, build_model
 from facerec.engine.checkpoint import load_checkpoint, save_checkpoint
-from facerec.inference.model import FaceModel
 
 CLASSES = ["1", "4", "7"]
 
@@ -91,6 +92,11 @@ def test_onnx_sidecar_has_what_a_user_needs(exported):
     onnx.checker.check_model(proto)
     stored = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(stored["facerec"]) == meta  # the ONNX file alone carries the same facts
+    assert meta["fingerprint"] == facerec.load(ckpt).fingerprint
+    head = meta["class_scores"]  # the closed-set class head: a second graph, stored in the ONNX file
+    assert head["features"] == "embedding" and head["output"] == {"name": "class_scores", "shape": ["N", 3]}
+    head_proto = onnx.load_from_string(base64.b64decode(stored[head["metadata_key"]]))
+    assert [i.name for i in head_proto.graph.input] == ["features"]
 
 
 @pytest.mark.parametrize("batch", [1, 7])  # the export used batch 2: the batch axis must be dynamic
@@ -98,7 +104,7 @@ def test_onnx_runtime_matches_pytorch_on_random_inputs(exported, batch):
     import onnxruntime as ort
 
     ckpt, onnx_path = exported
-    fm = FaceModel.load(ckpt)
+    fm = facerec.load(ckpt)
     x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch)) * 2 - 1
     with torch.no_grad():
         ref = fm.model(x)
@@ -109,10 +115,10 @@ def test_onnx_runtime_matches_pytorch_on_random_inputs(exported, batch):
 
 
 def test_onnx_face_model_matches_face_model(exported, tmp_path):
-    from facerec.inference.onnx import OnnxFaceModel, load_any
+    from facerec.inference.onnx import OnnxFaceModel
 
     ckpt, onnx_path = exported
-    fm, om = FaceModel.load(ckpt), load_any(onnx_path)
+    fm, om = facerec.load(ckpt), facerec.load(onnx_path)
     assert isinstance(om, OnnxFaceModel)
     files = photos(tmp_path, 4)
     for flip in (True, False):
@@ -142,7 +148,7 @@ def test_onnx_matches_pytorch_on_real_faces(facehw, tmp_path):
     files = sorted((facehw / "verification_data").glob("*.jpg"))[:16]
     ckpt = make_tiny_checkpoint(tmp_path / "best.pt", image_size=64)
     onnx_path, _ = export_onnx(ckpt, tmp_path / "m.onnx")
-    ref, got = FaceModel.load(ckpt).embed(files), OnnxFaceModel(onnx_path).embed(files)
+    ref, got = facerec.load(ckpt).embed(files), OnnxFaceModel(onnx_path).embed(files)
     assert rel_err(got, ref) < 1e-4
 
 
@@ -161,7 +167,7 @@ def test_cli_export_pt_half_is_slim_and_loads(tmp_path, capsys):
     state = load_checkpoint(tmp_path / "m.pt")
     assert "optimizer" not in state and state["model"]["fc.weight"].dtype == torch.float16
     files = photos(tmp_path / "img", 2)
-    full, half = FaceModel.load(ckpt).embed(files), FaceModel.load(tmp_path / "m.pt").embed(files)
+    full, half = facerec.load(ckpt).embed(files), facerec.load(tmp_path / "m.pt").embed(files)
     assert rel_err(half, full) < 1e-2  # fp16 weights, fp32 compute
 
 

@@ -355,7 +355,7 @@ def test_facerec_aligner_takes_an_upload_of_the_model_size_as_a_crop(setup, monk
 
 
 def test_an_ensemble_serves_like_a_model(tmp_path):
-    from facerec.inference.ensemble import build_ensemble
+    from facerec.evaluation.ensemble import build_ensemble
 
     members = [make_tiny_checkpoint(tmp_path / f"m{i}.pt", image_size=32, seed=i) for i in range(2)]
     build_ensemble(members, tmp_path / "ens.pt", log=lambda m: None)

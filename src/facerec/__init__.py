@@ -16,19 +16,16 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from facerec.engine.lr_find import LRFindResult
-    from facerec.inference.model import FaceModel
+    from facerec.inference.protocol import FaceModelLike
 
 
-def load(checkpoint: str | Path, device: str = "cpu") -> FaceModel:
-    """Load a trained model (a run checkpoint, an exported model file, or an ONNX export) for `embed`, `verify` and
-    `classify` (ONNX exports: `embed`, `score` and `verify`, run by ONNX Runtime)."""
-    if str(checkpoint).endswith(".onnx"):
-        from facerec.inference.onnx import OnnxFaceModel
+def load(checkpoint: str | Path, device: str = "cpu") -> FaceModelLike:
+    """Load any trained model file: a run checkpoint, an exported .pt model, an ensemble file or an ONNX export
+    (run by ONNX Runtime). Every kind has `embed`, `score`, `verify`, `class_scores`, `classify` and `info`
+    (inference/protocol.py); `device` is where PyTorch models run. See facerec.inference.load."""
+    from facerec.inference.load import load as load_model  # here, so that `import facerec` stays light
 
-        return OnnxFaceModel(checkpoint)  # type: ignore[return-value]
-    from facerec.inference.model import FaceModel
-
-    return FaceModel.load(checkpoint, device=device)
+    return load_model(checkpoint, device=device)
 
 
 def train(
@@ -107,7 +104,7 @@ def __getattr__(name: str) -> Any:
 MOVED_MODULES = {
     "facerec.api": "facerec.inference.model",
     "facerec.onnx_backend": "facerec.inference.onnx",
-    "facerec.ensemble": "facerec.inference.ensemble",
+    "facerec.ensemble": "facerec.evaluation.ensemble",
     "facerec.export": "facerec.inference.export",
     "facerec.lfw": "facerec.evaluation.lfw",
     "facerec.folder_benchmark": "facerec.evaluation.folder",

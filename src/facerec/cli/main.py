@@ -185,10 +185,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from facerec.evaluation.datasets import evaluate_dataset, evaluate_pair_file
-    from facerec.inference.model import FaceModel
+    from facerec.inference.load import load
 
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    fm = FaceModel.load(args.checkpoint, device=_device(args.device))
+    fm = load(args.checkpoint, device=_device(args.device))
     flip = not args.no_flip
     if args.pairs:
         root = args.root or str(Path(args.pairs).parent)
@@ -208,9 +208,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from facerec.evaluation.datasets import write_submissions
-    from facerec.inference.model import FaceModel
+    from facerec.inference.load import load
 
-    fm = FaceModel.load(args.checkpoint, device=_device(args.device))
+    fm = load(args.checkpoint, device=_device(args.device))
     write_submissions(fm, args.data, args.out, flip=not args.no_flip)
     return 0
 
@@ -231,10 +231,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from facerec.cli.options import embed_each
-    from facerec.inference.model import FaceModel
+    from facerec.inference.load import load
     from facerec.metrics.verification import pair_scores
 
-    fm = FaceModel.load(args.checkpoint)
+    fm = load(args.checkpoint)
     thr = args.threshold if args.threshold is not None else fm.threshold
     e = embed_each(args, fm, [args.image_a, args.image_b])  # aligned unless --no-align (photos.embed.embed_photos)
     score = float(pair_scores(e[:1], e[1:], fm.scoring)[0])

@@ -1,4 +1,4 @@
-"""Identity-folder datasets (root/<identity>/<image>) scanned into paths + labels, and robust image decoding.
+"""Identity-folder datasets (root/<identity>/<image>) scanned into paths + labels, decoded in a thread pool.
 
 Labels always come from folder NAMES: a split scanned with `class_names=` (e.g. val onto train's classes) gets
 the index of the same folder name in that vocabulary, never a re-numbering of its own folders.
@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from facerec.data.images import MAX_PIXELS, load_image  # noqa: F401 (re-exported: the one decoder)
 from facerec.errors import DataError  # noqa: F401 (re-exported)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 )
-# Refuse images above this many pixels before decoding them (a 64k x 64k PNG would need 12 GiB as RGB).
-MAX_PIXELS = 64_000_000
-_EXIF_ORIENTATION = 0x0112
 _CHUNK = 256  # images per thread-pool task in load_images
 
 
@@ -163,55 +159,6 @@ def list_flat_images(root: str | Path) -> list[Path]:
         where = f"; it has subfolders {sorted(dirs)[:3]} (nested one level too deep?)" if dirs else ""
         raise DataError(f"no images directly inside {root}{where}. Point at the folder holding the image files.")
     return [root / name for name in natural_order(images, key=_stem)]
-
-
-def load_image(path: str | Path, size: int, *, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
-    """Decode any PIL-readable image to RGB uint8 (size, size, 3), or None if it is unreadable or too large.
-
-    Bad files (zero bytes, truncated, not an image, over `max_pixels`) give None instead of an exception so
-    one broken file cannot stop a run; callers count and report them. Images already size x size are not
-    resampled; others are resized with antialiased bilinear filtering (the aspect ratio is not kept: HW2P2
-    faces are square crops). Big JPEGs are DCT-downscaled while decoding (PIL draft mode), which is much faster.
-    """
-    try:
-        with Image.open(path) as img:
-            if img.width * img.height > max_pixels:
-                return None
-            if img.format == "JPEG" and (img.width > size or img.height > size):
-                img.draft(img.mode, (size, size))  # keeps both sides >= size
-            rgb = _to_rgb(_upright(img))
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError):
-        return None
-
-
-def _upright(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation (phone photos) so faces are upright; a no-op for most files."""
-    orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-    if orientation == 1:
-        return img
-    from PIL import ImageOps
-
-    return ImageOps.exif_transpose(img)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any mode to 8-bit RGB; 16/32-bit integer images are scaled down instead of clipped to white."""
-    if img.mode == "RGB":
-        img.load()
-        return img
-    if img.mode.startswith("I"):  # I;16, I;16B, I: PIL's convert would clip values > 255
-        values = np.asarray(img).astype(np.int64)
-        if values.max(initial=0) > 255:
-            values = values.clip(0, 65535) >> 8
-        return Image.fromarray(values.clip(0, 255).astype(np.uint8), "L").convert("RGB")
-    if img.mode == "F":
-        return Image.fromarray(np.asarray(img).clip(0, 255).astype(np.uint8), "L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # avoids PIL's palette-transparency warning; alpha is then dropped
-    return img.convert("RGB")
 
 
 def load_images(

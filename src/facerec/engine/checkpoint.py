@@ -49,6 +49,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix.lower() == ".onnx":  # facerec.load runs it; training, export and ensembles need the weights
+        raise CheckpointError(
+            f"{path} is an ONNX export: it runs (facerec.load, --checkpoint of verify, evaluate, predict, ...) "
+            "but cannot be trained, resumed, re-exported or put in an ensemble; give the .pt checkpoint or model "
+            "file it was exported from"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

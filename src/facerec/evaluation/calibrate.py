@@ -17,6 +17,8 @@ from facerec.data.folder import DataError
 from facerec.data.pairs import pair_file_format, read_pairs
 from facerec.engine.checkpoint import load_checkpoint, save_checkpoint
 from facerec.evaluation.lfw import score_photo_pairs
+from facerec.inference.load import load
+from facerec.inference.sidecar import is_onnx, update_sidecar
 from facerec.metrics.scoring import Scoring
 from facerec.metrics.verification import threshold_at_far
 
@@ -77,27 +79,35 @@ def calibrate(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score the pairs with the checkpoint's model, choose the threshold for `far`, and write it into the
-    checkpoint (or into a copy at `out`) as "threshold", "threshold_source" and "threshold_far"."""
-    from facerec.inference.model import FaceModel
-
+    checkpoint (or into a copy at `out`) as "threshold", "threshold_source" and "threshold_far". An ONNX export
+    keeps them in its sidecar and metadata, where OnnxFaceModel reads them (`out`: another .onnx path)."""
     if not 0.0 < far < 1.0:
         raise ValueError(f"--far must be between 0 and 1 (e.g. 1e-3), got {far}")
     if not Path(pairs_file).expanduser().is_file():
         raise DataError(f"pair file {pairs_file} does not exist")
-    fm = FaceModel.load(checkpoint)
+    fm = load(checkpoint)
     scores, labels = score_pair_file(fm, pairs_file, root, aligner, flip, log)
     if labels.min() == labels.max():
         raise DataError(f"{pairs_file}: calibration needs both same (1) and different (0) pairs")
     result = calibrate_scores(scores, labels, far)
+    source = f"calibrate: {Path(pairs_file).name} ({result['n_pairs']} pairs{', aligned' if aligner else ''})"
+    fields = {"threshold": result["threshold"], "threshold_source": f"{source}, FAR <= {far:g}"}
+    result["checkpoint"] = str(store_threshold(checkpoint, {**fields, "threshold_far": float(far)}, out))
+    result["scoring"] = fm.scoring
+    return result
+
+
+def store_threshold(checkpoint: str | Path, fields: dict[str, Any], out: str | Path | None = None) -> Path:
+    """Write the threshold fields into the model file (or a copy at `out`, of the same kind): a .pt checkpoint's
+    entries, or an ONNX export's sidecar and metadata (inference.sidecar.update_sidecar). Returns the file."""
+    if is_onnx(checkpoint):
+        return update_sidecar(checkpoint, fields, out)
+    if out is not None and is_onnx(out):
+        raise ValueError(
+            f"--out {out}: a calibrated copy of {checkpoint} is a .pt file; calibrate the .pt model, then "
+            "`facerec export` it to ONNX"
+        )
     state = load_checkpoint(checkpoint)
     state.pop("format", None)
     state.pop("version", None)
-    state["threshold"] = result["threshold"]
-    state["threshold_source"] = (
-        f"calibrate: {Path(pairs_file).name} ({result['n_pairs']} pairs"
-        f"{', aligned' if aligner else ''}), FAR <= {far:g}"
-    )
-    state["threshold_far"] = float(far)
-    result["checkpoint"] = str(save_checkpoint(state, out or checkpoint))
-    result["scoring"] = fm.scoring
-    return result
+    return save_checkpoint({**state, **fields}, out or checkpoint)

@@ -1,173 +1,154 @@
 """Model files for deployment: the slim PyTorch inference checkpoint, and ONNX (+ a JSON sidecar).
 
 `facerec export --checkpoint C --out model.pt [--half]` writes `engine.checkpoint.export_inference`'s file;
-`--out model.onnx` writes the embedding network FaceEmbedder as ONNX with a dynamic batch axis, plus
-`model.onnx.json` (also stored inside the ONNX file as metadata `facerec`), which holds everything needed to use
-the ONNX file without facerec's checkpoint: input normalisation, flip TTA, scoring, threshold, image size, classes.
+`--out model.onnx` writes the embedding network as ONNX with a dynamic batch axis (input "input" (N, 3, S, S) ->
+output "embedding" (N, D); an ensemble also outputs "member_embeddings", its members' raw embeddings side by side),
+plus the sidecar (inference/sidecar.py) and the closed-set class head: a second graph, "features" (N, F) ->
+"class_scores" (N, C), stored in the ONNX file's metadata "facerec.class_head". Its features are the flip-summed
+"embedding" (or "member_embeddings"), so ONNX Runtime gives the checkpoint's `class_scores`: evaluate's top-1
+and predict's classification submission work from the .onnx file alone.
 """
 
 from __future__ import annotations
 
+import base64
+import importlib.util
+import io
 import json
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from torch import nn
 
 from facerec.engine.checkpoint import export_inference, load_checkpoint
+from facerec.inference.model import EnsembleFaceModel, FaceModel, model_from_state
+from facerec.inference.network import EnsembleHead
+from facerec.inference.onnx import OnnxFaceModel
+from facerec.inference.sidecar import (  # noqa: F401 (SIDECAR_FORMAT, METADATA_KEY: re-exported)
+    CLASS_HEAD_KEY,
+    HEAD_INPUT,
+    HEAD_OUTPUT,
+    INPUT_NAME,
+    MEMBERS_OUTPUT,
+    METADATA_KEY,
+    ONNX_SUFFIXES,
+    OUTPUT_NAME,
+    SIDECAR_FORMAT,
+    sidecar,
+    sidecar_path,
+    write_metadata,
+)
 
-SIDECAR_FORMAT = "facerec-onnx"
-METADATA_KEY = "facerec"
-INPUT_NAME, OUTPUT_NAME = "input", "embedding"
 DEFAULT_OPSET = 17
-PT_SUFFIXES, ONNX_SUFFIXES = (".pt", ".pth"), (".onnx",)
+PT_SUFFIXES = (".pt", ".pth")
 
 
-def sidecar_path(onnx_path: str | Path) -> Path:
-    """model.onnx -> model.onnx.json (next to it, never clobbering a model.json of something else)."""
-    return Path(f"{onnx_path}.json")
-
-
-def sidecar(state: dict[str, Any], opset: int) -> dict[str, Any]:
-    """What a user of the ONNX file needs besides the graph, as plain JSON values."""
-    from facerec.config import config_from_dict
-
-    cfg = config_from_dict(state["config"])
-    size = cfg.data.image_size
-    model = {
-        "backbone": cfg.model.backbone,
-        "embedding_dim": cfg.model.embedding_dim,
-        "neck": cfg.model.neck,
-        "loss": cfg.loss.name,
-        "epoch": state.get("epoch"),
-    }
-    if "ensemble" in state:  # facerec.inference.ensemble: the members' embeddings side by side
-        members = [config_from_dict(m["config"]).model for m in state["ensemble"]]
-        model.update(
-            backbone="ensemble: " + " + ".join(m.backbone for m in members),
-            embedding_dim=sum(m.embedding_dim for m in members),
-            members=len(members),
+def _to_onnx(
+    module: nn.Module, example: torch.Tensor, f: Any, inputs: str, outputs: list[str], opset: int
+) -> None:
+    """TorchScript-based export with a dynamic batch axis on every input and output."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its retirement; tracer notes
+        torch.onnx.export(
+            module,
+            (example,),
+            f,
+            input_names=[inputs],
+            output_names=outputs,
+            opset_version=opset,
+            dynamo=False,
+            dynamic_axes={name: {0: "batch"} for name in [inputs, *outputs]},
         )
-    return {
-        "format": SIDECAR_FORMAT,
-        "version": 1,
-        "model": model,
-        "image_size": size,
-        "input": {
-            "name": INPUT_NAME,
-            "shape": ["N", 3, size, size],
-            "dtype": "float32",
-            "layout": "NCHW",
-            "channels": "RGB",
-            "range": [-1.0, 1.0],
-            "formula": "x = uint8_pixel / 127.5 - 1",
-            "resize": f"aligned face crop resized to {size}x{size} (bilinear, antialiased; aspect ratio not kept)",
-        },
-        "output": {"name": OUTPUT_NAME, "shape": ["N", model["embedding_dim"]], "normalised": False},
-        "flip_tta": "embedding = f(x) + f(x flipped left-right, i.e. along the last axis)",
-        "scoring": state.get("scoring", "cosine"),
-        "score_rule": "cosine similarity (or negative Euclidean distance); same person when score >= threshold",
-        "threshold": state.get("threshold"),
-        "threshold_source": state.get("threshold_source"),
-        "classes": list(state["classes"]),
-        "metrics": {k: v for k, v in (state.get("metrics") or {}).items() if isinstance(v, int | float | str)},
-        "opset": opset,
-        "config": state["config"],
+
+
+def _export_network(fm: FaceModel, out: Path, opset: int, dynamo: bool) -> None:
+    network, size = fm.export_network(), fm.image_size
+    outputs = [OUTPUT_NAME, MEMBERS_OUTPUT] if isinstance(fm, EnsembleFaceModel) else [OUTPUT_NAME]
+    dummy = torch.zeros(2, 3, size, size)
+    if not dynamo:
+        _to_onnx(network, dummy, str(out), INPUT_NAME, outputs, opset)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            network,
+            (dummy,),
+            str(out),
+            input_names=[INPUT_NAME],
+            output_names=outputs,
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+        )
+
+
+def _class_head(fm: FaceModel, opset: int, can_store: bool) -> tuple[bytes | None, dict[str, Any]]:
+    """The class head as ONNX bytes, and the sidecar's "class_scores" entry (with "missing" when there is none)."""
+    head = fm.class_head().eval()
+    if not head.available:
+        return None, {"missing": "this model's loss has no classifier and the checkpoint no class prototypes"}
+    if not can_store:
+        return None, {"missing": "exported without the `onnx` package; pip install onnx and export again"}
+    ensemble = isinstance(head, EnsembleHead)
+    width = sum(head.dims) if ensemble else int(fm.config.model.embedding_dim)
+    buf = io.BytesIO()
+    example = torch.randn(2, width, generator=torch.Generator().manual_seed(0))
+    _to_onnx(head, example, buf, HEAD_INPUT, [HEAD_OUTPUT], opset)
+    spec = {
+        "metadata_key": CLASS_HEAD_KEY,
+        "encoding": "base64 of an ONNX model",
+        "features": MEMBERS_OUTPUT if ensemble else OUTPUT_NAME,
+        "input": {"name": HEAD_INPUT, "shape": ["N", width]},
+        "output": {"name": HEAD_OUTPUT, "shape": ["N", len(fm.classes)]},
+        "rule": "class_scores = head(features of x + features of x flipped); argmax indexes classes",
     }
-
-
-def _embedder(state: dict[str, Any]) -> torch.nn.Module:
-    from facerec.config import config_from_dict
-    from facerec.engine.build import build_model
-    from facerec.inference.model import _float32
-
-    if "ensemble" in state:
-        from facerec.inference.ensemble import ensemble_embedder
-
-        return ensemble_embedder(state["ensemble"])
-    model = build_model(config_from_dict(state["config"]))
-    model.load_state_dict(_float32(state["model"]))
-    return model.eval()
+    return buf.getvalue(), spec
 
 
 def export_onnx(
     checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, dynamo: bool = False
 ) -> tuple[Path, Path]:
-    """Export the checkpoint's FaceEmbedder to ONNX; returns (onnx path, sidecar path).
+    """Export the checkpoint's network to ONNX, with its class head and sidecar; returns (onnx path, sidecar).
 
     The graph maps (N, 3, S, S) float32 in [-1, 1] to (N, D) embeddings, N dynamic. `dynamo=False` uses the
     TorchScript-based exporter (no onnxscript needed); `dynamo=True` the torch.export-based one.
     """
     state = load_checkpoint(checkpoint)
-    model = _embedder(state)
-    size = int(state["config"].get("data", {}).get("image_size", 64))
+    fm = model_from_state(state)
+    fingerprint = fm.fingerprint  # of the weights as loaded, before anything runs them
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(2, 3, size, size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its retirement
-        if dynamo:
-            batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(
-                model,
-                (dummy,),
-                str(out),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-                dynamic_shapes={"x": {0: batch}},
-            )
-        else:
-            torch.onnx.export(
-                model,
-                (dummy,),
-                str(out),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
-    meta = sidecar(state, opset)
-    _embed_metadata(out, meta)
+    _export_network(fm, out, opset, dynamo)
+    can_store = importlib.util.find_spec("onnx") is not None  # metadata inside the ONNX file needs the package
+    head, spec = _class_head(fm, opset, can_store)
+    meta = sidecar(state, opset, fingerprint, spec)
+    entries = {METADATA_KEY: json.dumps(meta)}
+    if head is not None:
+        entries[CLASS_HEAD_KEY] = base64.b64encode(head).decode("ascii")
+    write_metadata(out, entries)
     side = sidecar_path(out)
     side.write_text(json.dumps(meta, indent=1))
     return out, side
 
 
-def _embed_metadata(path: Path, meta: dict[str, Any]) -> None:
-    """Store the sidecar inside the ONNX file too (metadata_props), when the `onnx` package is installed."""
-    try:
-        import onnx
-    except ImportError:
-        return
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
-    proto.producer_name = "facerec"
-    onnx.save(proto, str(path))
-
-
 def compare_onnx(checkpoint: str | Path, onnx_path: str | Path, batch: int = 4, seed: int = 0) -> dict[str, float]:
     """Run PyTorch and ONNX Runtime on the same random inputs: max abs diff and max relative error (to the
-    largest PyTorch output magnitude). Needs onnxruntime."""
-    import onnxruntime as ort
-
-    state = load_checkpoint(checkpoint)
-    model = _embedder(state)
-    size = int(state["config"].get("data", {}).get("image_size", 64))
-    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-    with torch.no_grad():
-        ref = model(x).numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-    diff = float(np.abs(got - ref).max())
-    return {"max_abs_diff": diff, "rel_err": diff / max(float(np.abs(ref).max()), 1e-12), "batch": batch}
+    largest PyTorch output magnitude) of the embeddings, and of the class scores when the file has its head.
+    Needs onnxruntime."""
+    fm = model_from_state(load_checkpoint(checkpoint))
+    om = OnnxFaceModel(onnx_path)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (batch, fm.image_size, fm.image_size, 3), generator=g, dtype=torch.uint8)
+    ref, got = fm.embed(x), om.embed(x)
+    diff = float((got - ref).abs().max())
+    result = {"max_abs_diff": diff, "rel_err": diff / max(float(ref.abs().max()), 1e-12), "batch": batch}
+    if om.has_class_scores:
+        ref, got = fm.class_scores(x), om.class_scores(x)
+        result["class_rel_err"] = float((got - ref).abs().max()) / max(float(ref.abs().max()), 1e-12)
+    return result
 
 
 def export_model(

@@ -1,69 +1,30 @@
-"""The Python API: `facerec.load(checkpoint)` -> FaceModel with `embed`, `verify` and `classify`.
+"""The PyTorch face models: `FaceModel` (one network) and `EnsembleFaceModel` (several as one), both FaceModelLike.
 
-Everything goes through the same scoring path as validation and the submission files (engine/evaluate.py).
+Everything goes through the same scoring path as validation and the submission files (engine/evaluate.py). Load
+any model file with `facerec.load` (inference/load.py), which also opens ONNX exports.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
+from torch import nn
 
-from facerec.config import Config, config_from_dict
-from facerec.data.folder import DataError, load_image
+from facerec.config import Config, config_from_dict, config_to_dict
+from facerec.data.images import ImageLike, decode_batch
 from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.evaluate import class_scores, embed
+from facerec.inference.ensemble import EnsembleEmbedder, WithMemberEmbeddings, check_compatible
+from facerec.inference.network import ClassHead, EnsembleHead, log_prob_mean, loss_from_state, network_from_state
+from facerec.inference.protocol import Images, PairVerifier, Verdict, top_k, weights_fingerprint
 from facerec.losses.base import CombinedLoss
-from facerec.metrics.verification import pair_scores
-from facerec.models.embedder import FaceEmbedder
+from facerec.metrics.scoring import Scoring
 
-ImageLike = str | Path | Image.Image | np.ndarray
-
-
-@dataclass
-class Verdict:
-    score: float
-    same: bool
-    threshold: float
-
-
-def _float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Model files may store fp16 weights (`export_inference(half=True)`); compute in fp32."""
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-
-
-def top_k(scores: torch.Tensor, classes: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-    """(N, C) class scores -> for each row, the k best (class name, score), best first."""
-    top = scores.topk(min(k, scores.shape[1]), dim=1)
-    return [[(classes[int(i)], float(v)) for v, i in zip(vals, idx)] for vals, idx in zip(*top)]
-
-
-class PairVerifier:
-    """`score` and `verify` on top of `embed`: shared by the PyTorch and the ONNX Runtime backends."""
-
-    scoring: str
-    threshold: float | None
-
-    def embed(self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True) -> torch.Tensor:
-        raise NotImplementedError
-
-    def score(self, a: ImageLike, b: ImageLike) -> float:
-        """Similarity of two face images (higher = more likely the same person), with the model's scoring."""
-        e = self.embed([a, b])
-        return float(pair_scores(e[:1], e[1:], self.scoring)[0])
-
-    def verify(self, a: ImageLike, b: ImageLike, threshold: float | None = None) -> Verdict:
-        """Same person or not, at `threshold` (default: the one stored with the model)."""
-        thr = threshold if threshold is not None else self.threshold
-        if thr is None:
-            raise ValueError("this model has no stored threshold; pass threshold=")
-        s = self.score(a, b)
-        return Verdict(s, s >= thr, float(thr))
+__all__ = ["EnsembleFaceModel", "FaceModel", "ImageLike", "PairVerifier", "Verdict", "model_from_state", "top_k"]
 
 
 class FaceModel(PairVerifier):
@@ -71,7 +32,7 @@ class FaceModel(PairVerifier):
 
     def __init__(
         self,
-        model: FaceEmbedder,
+        model: nn.Module,
         loss_fn: CombinedLoss,
         cfg: Config,
         classes: list[str],
@@ -90,66 +51,46 @@ class FaceModel(PairVerifier):
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> FaceModel:
-        """A model file or run checkpoint; an ensemble file (inference/ensemble.py) gives an EnsembleFaceModel."""
-        state = load_checkpoint(path, map_location=device)
-        if "ensemble" in state:
-            from facerec.inference.ensemble import EnsembleFaceModel
-
-            return EnsembleFaceModel.from_state(state, device)
-        return cls.from_state(state, device)
+        """Deprecated: use `facerec.load(path)`, which opens every model file, ONNX exports included."""
+        warnings.warn("FaceModel.load is deprecated; use facerec.load(path)", DeprecationWarning, stacklevel=2)
+        return load_model_file(path, device)
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: str = "cpu") -> FaceModel:
-        from facerec.engine.build import build_loss_fn, build_model
-
-        cfg = config_from_dict(state["config"])
-        model = build_model(cfg)
-        model.load_state_dict(_float32(state["model"]))
-        loss_fn = build_loss_fn(cfg, len(state["classes"]))
-        loss_fn.load_state_dict(_float32(state["loss"]))
+        """One model's inference state (engine.checkpoint.INFERENCE_KEYS) -> FaceModel."""
+        net, cfg = network_from_state(state)
         protos = state.get("prototypes")
         return cls(
-            model,
-            loss_fn,
+            net,
+            loss_from_state(state, cfg),
             cfg,
             list(state["classes"]),
             state.get("scoring", "cosine"),
             state.get("threshold"),
             None if protos is None else protos.float(),
-            device,
+            str(device),
         )
 
-    def _as_uint8(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
-        if isinstance(images, torch.Tensor):
-            return images
-        arrays = []
-        for item in images:
-            if isinstance(item, str | Path):
-                arr = load_image(Path(item), self.image_size)
-                if arr is None:
-                    raise DataError(f"cannot read image {item}: not an image, or corrupt")
-            else:
-                img = item if isinstance(item, Image.Image) else Image.fromarray(np.asarray(item))
-                arr = np.asarray(img.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR))
-            arrays.append(arr)
-        return (
-            torch.from_numpy(np.stack(arrays))
-            if arrays
-            else torch.zeros(0, self.image_size, self.image_size, 3, dtype=torch.uint8)
-        )
+    @property
+    def fingerprint(self) -> str:
+        return weights_fingerprint(self.model)
 
-    def embed(self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True) -> torch.Tensor:
-        """Images (paths, PIL images, HxWx3 arrays, or a uint8 (N,S,S,3) tensor) -> (N, D) embeddings."""
-        return embed(self.model, self._as_uint8(images), self.device, flip=flip)
+    def embed(self, images: Images, flip: bool = True) -> torch.Tensor:
+        """Images (paths, bytes, PIL images, HxWx3 arrays, or a uint8 (N,S,S,3) tensor) -> (N, D) embeddings."""
+        return embed(self.model, decode_batch(images, self.image_size), self.device, flip=flip)
 
-    def class_scores(self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True) -> torch.Tensor:
+    def class_scores(self, images: Images, flip: bool = True) -> torch.Tensor:
         """(N, C) closed-set scores over the training identities (the classifier's logits, or cosine similarity
         to class prototypes for losses without one); the argmax is the predicted identity."""
         return class_scores(self.embed(images, flip=flip), self.loss_fn, self.prototypes)
 
-    def classify(self, images: Sequence[ImageLike] | torch.Tensor, k: int = 1) -> list[list[tuple[str, float]]]:
-        """Top-k (identity folder name, score) for each image, over the training identities."""
-        return top_k(self.class_scores(images), self.classes, k)
+    def class_head(self) -> nn.Module:
+        """(N, D) flip-summed embeddings -> (N, C) `class_scores`, as a module (what the ONNX export stores)."""
+        return ClassHead(self.loss_fn, self.prototypes)
+
+    def export_network(self) -> nn.Module:
+        """The network the ONNX export traces: (N, 3, S, S) -> (N, D) embedding (one pass, no flip)."""
+        return self.model
 
     def info(self) -> dict[str, Any]:
         return {
@@ -160,3 +101,59 @@ class FaceModel(PairVerifier):
             "classes": len(self.classes),
             "threshold": self.threshold,
         }
+
+
+class EnsembleFaceModel(FaceModel):
+    """A FaceModel whose network is an EnsembleEmbedder (inference/ensemble.py); `class_scores` (and so
+    `classify`) combine the members' own."""
+
+    def __init__(self, members: Sequence[FaceModel], threshold: float | None = None) -> None:
+        check_compatible(members)
+        self.members = list(members)
+        first = self.members[0]
+        cfg = config_from_dict(config_to_dict(first.config))
+        net = EnsembleEmbedder([m.model for m in self.members], Scoring.of(first.scoring).unit_length)
+        cfg.model.embedding_dim = net.embedding_dim
+        super().__init__(net, first.loss_fn, cfg, first.classes, first.scoring, threshold, None, str(first.device))
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: str = "cpu") -> EnsembleFaceModel:
+        members = [FaceModel.from_state(s, device) for s in state["ensemble"]]
+        return cls(members, state.get("threshold"))
+
+    def class_scores(self, images: Images, flip: bool = True) -> torch.Tensor:
+        """(N, C) probabilities over the identities: the normalised geometric mean of the members'
+        (inference.network.log_prob_mean)."""
+        u8 = decode_batch(images, self.image_size)
+        return log_prob_mean([m.class_scores(u8, flip) for m in self.members])
+
+    def class_head(self) -> nn.Module:
+        """(N, sum D_i) the members' flip-summed raw embeddings side by side -> (N, C) `class_scores`."""
+        heads = [ClassHead(m.loss_fn, m.prototypes) for m in self.members]
+        return EnsembleHead(heads, [int(m.config.model.embedding_dim) for m in self.members])
+
+    def export_network(self) -> nn.Module:
+        """(N, 3, S, S) -> (ensemble embedding, the members' raw embeddings side by side) for the class head."""
+        return WithMemberEmbeddings(self.model).eval()  # eval: the exporter restores the mode it finds
+
+    def info(self) -> dict[str, Any]:
+        """FaceModel.info's keys (backbone and loss name every member, as the ONNX sidecar does) + "members"."""
+        members = [m.info() for m in self.members]
+        return {
+            **super().info(),
+            "backbone": "ensemble: " + " + ".join(m["backbone"] for m in members),
+            "loss": " + ".join(m["loss"] for m in members),
+            "members": members,
+        }
+
+
+def model_from_state(state: dict[str, Any], device: str = "cpu") -> FaceModel:
+    """A checkpoint's content -> FaceModel, or EnsembleFaceModel for an ensemble file."""
+    if "ensemble" in state:
+        return EnsembleFaceModel.from_state(state, device)
+    return FaceModel.from_state(state, device)
+
+
+def load_model_file(path: str | Path, device: str = "cpu") -> FaceModel:
+    """A run checkpoint, an exported .pt model file or an ensemble file -> FaceModel / EnsembleFaceModel."""
+    return model_from_state(load_checkpoint(path, map_location=device), device)

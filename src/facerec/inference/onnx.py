@@ -1,64 +1,39 @@
-"""ONNX Runtime as an inference backend: `OnnxFaceModel` has FaceModel's `embed` / `score` / `verify` / `info`.
+"""ONNX Runtime as an inference backend: `OnnxFaceModel` is FaceModelLike, like the PyTorch models.
 
-Preprocessing, flip TTA (embedding of the image + of its mirror, summed) and scoring are those of
-engine/evaluate.py and api.py, so a model exported with `facerec export --out model.onnx` gives the same scores
-as its checkpoint (up to float rounding). Closed-set `classify` is not available: the classifier weights are not
-part of the exported graph.
+Decoding (data/images.py), preprocessing, flip TTA (embedding of the image + of its mirror, summed) and scoring
+are those of engine/evaluate.py and inference/model.py, so a model exported with `facerec export --out model.onnx`
+gives the same embeddings, pair scores and closed-set class scores as its checkpoint (up to float rounding).
+Class scores come from the class head stored in the ONNX file (inference/export.py); a file exported by an older
+facerec lacks it, and `class_scores` then says how to re-export.
 """
 
 from __future__ import annotations
 
-import json
+import base64
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from facerec.data.folder import DataError, load_image
-from facerec.inference.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, SIDECAR_FORMAT, sidecar_path
-from facerec.inference.model import ImageLike, PairVerifier
-
-
-def images_to_uint8(images: Sequence[ImageLike] | torch.Tensor, size: int) -> torch.Tensor:
-    """Paths, PIL images or HxWx3 arrays -> uint8 (N, size, size, 3), decoded exactly as FaceModel does."""
-    if isinstance(images, torch.Tensor):
-        return images
-    arrays = []
-    for item in images:
-        if isinstance(item, str | Path):
-            arr = load_image(Path(item), size)
-            if arr is None:
-                raise DataError(f"cannot read image {item}: not an image, or corrupt")
-        else:
-            img = item if isinstance(item, Image.Image) else Image.fromarray(np.asarray(item))
-            arr = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
-        arrays.append(arr)
-    if not arrays:
-        return torch.zeros(0, size, size, 3, dtype=torch.uint8)
-    return torch.from_numpy(np.stack(arrays))
+from facerec.config import config_from_dict
+from facerec.data.images import decode_batch
+from facerec.engine.checkpoint import CheckpointError
+from facerec.inference.model import FaceModel, load_model_file
+from facerec.inference.protocol import Images, PairVerifier
+from facerec.inference.sidecar import CLASS_HEAD_KEY, HEAD_INPUT, INPUT_NAME, OUTPUT_NAME, is_onnx, read_metadata
 
 
-def read_metadata(onnx_path: str | Path) -> dict[str, Any]:
-    """The sidecar `model.onnx.json` if present, else the copy stored in the ONNX file's metadata."""
-    side = sidecar_path(onnx_path)
-    if side.is_file():
-        meta = json.loads(side.read_text())
-    else:
-        import onnx
-
-        props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-        if METADATA_KEY not in props:
-            raise ValueError(
-                f"{onnx_path} has no facerec metadata and no sidecar {side.name}; "
-                "export it with `facerec export --out model.onnx`"
-            )
-        meta = json.loads(props[METADATA_KEY])
-    if meta.get("format") != SIDECAR_FORMAT:
-        raise ValueError(f"{side} is not a facerec ONNX sidecar (format {meta.get('format')!r})")
-    return meta
+def _onnxruntime(path: Path) -> Any:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ImportError(
+            f"{path} is an ONNX model: running it needs onnxruntime (pip install 'facerec[onnx]')"
+        ) from err
+    return onnxruntime
 
 
 class OnnxFaceModel(PairVerifier):
@@ -67,45 +42,81 @@ class OnnxFaceModel(PairVerifier):
     def __init__(
         self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0
     ) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX model {self.path} does not exist")
-        self.meta = read_metadata(self.path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0 = ONNX Runtime's default (one per physical core)
-        self.session = ort.InferenceSession(str(self.path), options, providers=list(providers))
+            raise CheckpointError(f"ONNX model {self.path} does not exist")
+        ort = _onnxruntime(self.path)
+        self.providers = list(providers)
+        self.options = ort.SessionOptions()
+        self.options.intra_op_num_threads = threads  # 0 = ONNX Runtime's default (one per physical core)
+        self.session = ort.InferenceSession(str(self.path), self.options, providers=self.providers)
+        self.meta = read_metadata(self.path, self._props())
         self.image_size = int(self.meta["image_size"])
         self.classes: list[str] = list(self.meta.get("classes", []))
         self.scoring: str = self.meta.get("scoring", "cosine")
         self.threshold: float | None = self.meta.get("threshold")
         self.embedding_dim = int(self.meta["model"]["embedding_dim"])
+        self.config = config_from_dict(self.meta["config"])
+        self.config.model.embedding_dim = self.embedding_dim  # an ensemble's config is its first member's
+        self._head: Any = None
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    def _props(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
 
-    def embed(
-        self, images: Sequence[ImageLike] | torch.Tensor, flip: bool = True, batch_size: int = 256
-    ) -> torch.Tensor:
-        """Images (paths, PIL images, HxWx3 arrays, or a uint8 (N,S,S,3) tensor) -> (N, D) float32 embeddings."""
-        u8 = images_to_uint8(images, self.image_size).numpy()
+    @property
+    def fingerprint(self) -> str | None:
+        """The fingerprint of the network it was exported from (inference.protocol); None for older exports."""
+        return self.meta.get("fingerprint")
+
+    @property
+    def has_class_scores(self) -> bool:
+        spec = self.meta.get("class_scores")
+        return bool(spec) and "missing" not in spec
+
+    def _features(self, images: Images, output: str, flip: bool, batch_size: int) -> torch.Tensor:
+        """Images -> (N, F) float32 values of the graph output `output`, summed over the image and its mirror."""
+        u8 = decode_batch(images, self.image_size).numpy()
         out = []
         for start in range(0, u8.shape[0], batch_size):
             # the same float32 ops as data.augment.to_input: permute, /127.5, -1
             x = np.ascontiguousarray(u8[start : start + batch_size].transpose(0, 3, 1, 2)).astype(np.float32)
             x = x / np.float32(127.5) - np.float32(1.0)
-            e = self._run(x)
+            e = self.session.run([output], {INPUT_NAME: x})[0]
             if flip:
-                e = e + self._run(np.ascontiguousarray(x[..., ::-1]))
+                e = e + self.session.run([output], {INPUT_NAME: np.ascontiguousarray(x[..., ::-1])})[0]
             out.append(torch.from_numpy(e.astype(np.float32)))
-        return torch.cat(out) if out else torch.zeros(0, self.embedding_dim)
+        if not out:
+            width = self.embedding_dim if output == OUTPUT_NAME else self.meta["class_scores"]["input"]["shape"][1]
+            return torch.zeros(0, width)
+        return torch.cat(out)
 
-    def classify(self, images: Any, k: int = 1) -> list[list[tuple[str, float]]]:
-        raise NotImplementedError(
-            "closed-set classify needs the classifier weights, which an ONNX export lacks; "
-            "use the .pt model (facerec.load) or a gallery (identify)"
-        )
+    def embed(self, images: Images, flip: bool = True, batch_size: int = 256) -> torch.Tensor:
+        """Images (paths, bytes, PIL images, HxWx3 arrays, or a uint8 (N,S,S,3) tensor) -> (N, D) float32."""
+        return self._features(images, OUTPUT_NAME, flip, batch_size)
+
+    def _class_head(self) -> Any:
+        if self._head is not None:
+            return self._head
+        spec = self.meta.get("class_scores")
+        if not spec:
+            raise CheckpointError(
+                f"{self.path} was exported without closed-set class scores (by facerec before 0.2); export it "
+                f"again with `facerec export --checkpoint MODEL.pt --out {self.path}`, or use the .pt model"
+            )
+        if "missing" in spec:
+            raise CheckpointError(f"{self.path} has no closed-set class scores: {spec['missing']}")
+        ort = _onnxruntime(self.path)
+        graph = base64.b64decode(self._props()[CLASS_HEAD_KEY])
+        self._head = ort.InferenceSession(graph, self.options, providers=self.providers)
+        return self._head
+
+    def class_scores(self, images: Images, flip: bool = True, batch_size: int = 256) -> torch.Tensor:
+        """(N, C) closed-set scores over `classes`, as the checkpoint's `class_scores` gives them."""
+        head = self._class_head()
+        features = self._features(images, self.meta["class_scores"]["features"], flip, batch_size)
+        if len(features) == 0:
+            return torch.zeros(0, len(self.classes))
+        return torch.from_numpy(head.run(None, {HEAD_INPUT: features.numpy()})[0].astype(np.float32))
 
     def info(self) -> dict[str, Any]:
         m = self.meta["model"]
@@ -120,10 +131,9 @@ class OnnxFaceModel(PairVerifier):
         }
 
 
-def load_any(path: str | Path, device: str = "cpu") -> Any:
-    """`.onnx` -> OnnxFaceModel; anything else -> api.FaceModel (what `facerec.load` can delegate to)."""
-    if Path(path).suffix.lower() == ".onnx":
-        return OnnxFaceModel(path)
-    from facerec.inference.model import FaceModel
-
-    return FaceModel.load(path, device=device)
+def load_any(path: str | Path, device: str = "cpu") -> OnnxFaceModel | FaceModel:
+    """Deprecated: use `facerec.load(path)` (inference/load.py), which opens the same files."""
+    warnings.warn(
+        "facerec.inference.onnx.load_any is deprecated; use facerec.load", DeprecationWarning, stacklevel=2
+    )
+    return OnnxFaceModel(path) if is_onnx(path) else load_model_file(path, device)

@@ -224,8 +224,9 @@ def _flat(scoring: str | Scoring, dim: int) -> Any:
 
 
 def open_for_model(folder: str | Path, fm: Any, create: bool = False) -> Gallery:
-    """The gallery of a FaceModel: its metric and embedding size, checked against the model's fingerprint."""
-    fp = model_fingerprint(fm.model)
+    """The gallery of a loaded model (FaceModelLike, an ONNX export too): its metric and embedding size, checked
+    against the model's fingerprint (the same for a checkpoint and its ONNX export)."""
+    fp = fm.fingerprint
     if create:
         return Gallery.open(folder, fm.scoring, int(fm.config.model.embedding_dim), fp)
     return Gallery.open(folder, fingerprint=fp)

@@ -101,8 +101,7 @@ def load_gallery(model: Model, folder: str | Path | None) -> Gallery | Unavailab
         from facerec.data.folder import DataError
         from facerec.photos import gallery as gallery_module
 
-        net = getattr(model, "model", None)  # a torch model: its fingerprint ties the gallery to it
-        fingerprint = gallery_module.model_fingerprint(net) if isinstance(net, torch.nn.Module) else None
+        fingerprint = getattr(model, "fingerprint", None)  # ties the gallery to the model (inference.protocol)
         impl = gallery_module.Gallery.open(folder, model.scoring, int(model.info()["embedding_dim"]), fingerprint)
     except (ImportError, DataError, ValueError, OSError) as err:
         return Unavailable(f"the gallery {folder} cannot be used: {err}")

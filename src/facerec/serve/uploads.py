@@ -2,8 +2,8 @@
 
 Every way an upload can be bad maps to a 4xx status, never a 5xx: too many bytes or pixels (413), a content
 type or image format that is not accepted (415), bytes that do not decode (400), no face found when aligning (422).
-Without an aligner, decoding is `data.folder.load_image` on the bytes, so the service sees exactly what
-`FaceModel.embed(path)` sees for the same file.
+Decoding is `data.images.decode_image` on the bytes (without an aligner) or `data.images.open_image` (with one), so
+the service sees exactly what `facerec.load(...).embed(path)` sees for the same file.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import struct
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from facerec.data.folder import MAX_PIXELS, load_image
+from facerec.data.images import MAX_PIXELS, decode_image, open_image
+from facerec.errors import DataError
 from facerec.serve.ports import Aligner
 
 MiB = 1 << 20
@@ -78,29 +79,22 @@ def _open(data: bytes, limits: Limits, name: str) -> Image.Image:
 def decode_face(
     data: bytes, size: int, limits: Limits, name: str = "image", aligner: Aligner | None = None
 ) -> np.ndarray:
-    """Uploaded bytes -> uint8 (size, size, 3) RGB: resized as load_image does, or aligned by `aligner`."""
+    """Uploaded bytes -> uint8 (size, size, 3) RGB: resized by decode_image, or aligned by `aligner`."""
     if not data:
         raise UploadError(400, f"{name}: the file is empty")
     if len(data) > limits.max_bytes:
         raise UploadError(413, f"{name}: {len(data)} bytes is over the limit of {limits.max_bytes} bytes")
-    img = _open(data, limits, name)
-    if aligner is None:
-        arr = load_image(io.BytesIO(data), size, max_pixels=limits.max_pixels)  # type: ignore[arg-type]
-        if arr is None:
-            raise UploadError(400, f"{name}: the image could not be decoded (corrupt or truncated?)")
-        return arr
+    _open(data, limits, name)  # the format and pixel checks, from the header
     try:
-        rgb = ImageOps.exif_transpose(img).convert("RGB")
-    except (Image.DecompressionBombError, *_DECODE_ERRORS):
+        if aligner is None:
+            return decode_image(data, size, max_pixels=limits.max_pixels)
+        rgb = open_image(data, max_pixels=limits.max_pixels)
+    except DataError:
         raise UploadError(400, f"{name}: the image could not be decoded (corrupt or truncated?)") from None
     face = aligner.align(rgb)
     if face is None:
         raise UploadError(422, f"{name}: no face found; upload a photo with one clearly visible face")
-    face = face if isinstance(face, Image.Image) else Image.fromarray(np.asarray(face, dtype=np.uint8))
-    face = face.convert("RGB")
-    if face.size != (size, size):
-        face = face.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(face, dtype=np.uint8)
+    return decode_image(np.asarray(face, dtype=np.uint8) if not isinstance(face, Image.Image) else face, size)
 
 
 def png_base64(crop: np.ndarray) -> str:
