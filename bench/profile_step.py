@@ -21,8 +21,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from facerec.data.augment import get_preset
 from facerec.engine.build import resolve_amp, use_channels_last
+from facerec.engine.optim import build_optimizer
 from facerec.engine.schedule import LRSchedule
-from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
+from facerec.engine.train import StepOptions, StepParts, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
 
@@ -76,18 +77,9 @@ def main() -> None:
     opts = StepOptions(device, amp=resolve_amp(args.amp, device), channels_last=cl, log_every=10**9)
 
     def run(steps: int) -> None:  # one StepOptions throughout: fp16's loss scale carries over from the warm-up
-        train_one_epoch(
-            train_model,
-            loss_fn,
-            batches,
-            steps,
-            opt,
-            schedule,
-            0,
-            get_preset("standard"),
-            aug_gen,
-            dataclasses.replace(opts, max_steps=steps),
-        )
+        step_opts = dataclasses.replace(opts, max_steps=steps)
+        parts = StepParts(train_model, loss_fn, opt, schedule, get_preset("standard"), step_opts)
+        train_one_epoch(parts, batches, aug_gen, steps=steps)
 
     run(args.warmup)
     sync(device)

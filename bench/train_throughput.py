@@ -3,7 +3,7 @@
 student  torchvision ImageFolder + PIL decode + per-image transforms (flip, ToTensor, Normalize) in DataLoader
          workers; fp32, NCHW; `loss.item()` every step, as the starter notebooks' progress bars do.
 facerec  the training images decoded once into a uint8 tensor (a pack, memory-mapped, or the decoded-image cache),
-         held on the GPU when they fit, batches by indexing (facerec.engine.fit.epoch_batches), batched
+         held on the GPU when they fit, batches by indexing (facerec.engine.data.epoch_batches), batched
          augmentation on the device ("standard" preset), channels_last where the trainer uses it, bf16 autocast on
          CUDA (--amp fp16: fp16 with loss scaling, which lets cuDNN run the BatchNorms), fused optimiser; the step
          is facerec.engine.train.train_one_epoch: what `facerec train` runs.
@@ -37,10 +37,10 @@ from facerec.data.augment import get_preset
 from facerec.data.memory import ImageSet
 from facerec.data.sampler import RandomBatchSampler
 from facerec.engine.build import build_loss_fn, build_model, resolve_amp, use_channels_last
-from facerec.engine.fit import epoch_batches
-from facerec.engine.run import images_on_gpu
+from facerec.engine.data import epoch_batches, images_on_gpu
+from facerec.engine.optim import build_optimizer
 from facerec.engine.schedule import LRSchedule
-from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
+from facerec.engine.train import StepOptions, StepParts, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
 
@@ -132,18 +132,8 @@ def ours(
     preset = get_preset(args.recipe_cfg.data.augment if args.recipe_cfg is not None else "standard")
 
     def run(n: int) -> None:  # one StepOptions throughout: fp16's loss scale carries over from the warm-up
-        train_one_epoch(
-            train_model,
-            loss_fn,
-            stream,
-            n,
-            opt,
-            schedule,
-            0,
-            preset,
-            aug_gen,
-            dataclasses.replace(opts, max_steps=n),
-        )
+        parts = StepParts(train_model, loss_fn, opt, schedule, preset, dataclasses.replace(opts, max_steps=n))
+        train_one_epoch(parts, stream, aug_gen, steps=n)
 
     if args.warmup:
         run(args.warmup)  # with --compile, the compilation happens here

@@ -1,18 +1,29 @@
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 
+from facerec.cli.main import main
 from facerec.data.augment import PRESETS, augment, get_preset, to_input
 from facerec.data.sampler import PKBatchSampler, RandomBatchSampler
 from facerec.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from facerec.engine.ema import WeightAverage
+from facerec.engine.fit import FitOptions
+from facerec.engine.log import Logger
+from facerec.engine.optim import build_optimizer
+from facerec.engine.progress import MetricsLog, Progress, read_metrics
 from facerec.engine.schedule import LRSchedule
+from facerec.engine.train import StepOptions, StepParts, train_step
+from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
 from facerec.registry import BACKBONES, Registry
+from test_cli import TINY
 
 
 def test_registry_refuses_duplicates_and_names_choices():
@@ -184,3 +195,98 @@ def test_truncated_checkpoint_is_reported(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_checkpoint(path)
+
+
+def test_train_step_is_the_textbook_sgd_step_and_moves_the_average():
+    """One `train_step` against the step written out by hand: the same loss, the gradient norm, and Nesterov SGD's
+    first update p - lr * (1 + momentum) * grad; the weight average takes its first (warm-up) step."""
+    torch.manual_seed(0)
+    model = FaceEmbedder("tiny_cnn", 16, image_size=16)
+    loss_fn = build_combined_loss([("softmax", 1.0, {})], embedding_dim=16, num_classes=3)
+    ref_model, ref_loss = copy.deepcopy(model), copy.deepcopy(loss_fn)
+    images = torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    optimizer = build_optimizer(model, loss_fn, "sgd", 1.0, 0.0)  # momentum 0.9, Nesterov
+    ema = WeightAverage({"model": model, "loss": loss_fn}, 0.99)
+    schedule = LRSchedule(1.0, 1, 1, "constant")
+    parts = StepParts(
+        model, loss_fn, optimizer, schedule, get_preset("none"), StepOptions(torch.device("cpu")), ema
+    )
+    out = train_step(parts, images, labels, 0.05, torch.Generator())
+
+    ref_params = list(ref_model.parameters()) + list(ref_loss.parameters())
+    before = [p.detach().clone() for p in ref_params]
+    loss = ref_loss(ref_model(to_input(images)), labels)
+    loss.backward()
+    assert bool(out.ok) and not bool(out.overflow)
+    torch.testing.assert_close(out.loss, loss.detach())
+    torch.testing.assert_close(out.norm, torch.stack([p.grad.norm() for p in ref_params]).norm())
+    after = list(model.parameters()) + list(loss_fn.parameters())
+    for got, p0, p in zip(after, before, ref_params, strict=True):
+        torch.testing.assert_close(got, p0 - 0.05 * 1.9 * p.grad)
+    assert optimizer.param_groups[0]["lr"] == 0.05
+    d = 1 / 10  # the average's warm-up decay after 0 updates: min(0.99, (1 + 0) / (10 + 0))
+    averaged, start = ema.state_dict("model"), dict(ref_model.named_parameters())  # start: before the step
+    for name, live in model.named_parameters():
+        torch.testing.assert_close(averaged[name], d * start[name].detach() + (1 - d) * live.detach())
+    assert ema.updates == 1
+
+
+def test_progress_lines_keep_their_format():
+    """The live lines users read (and scripts may grep): step lines with ETA, and the epoch summary."""
+    p = Progress(epochs=3, steps_per_epoch=10)
+    assert (
+        p.step_line(0, 4, 2.5, 0.25, 0.1, 1234.4, 8.0)
+        == "epoch 1/3  step 4/10  loss 2.5000  acc  25.0%  lr 0.1  1,234 img/s  eta 0:12 (run 0:52)"
+    )
+    line = p.epoch_line(0, 75.0, {"train_loss": 2.0, "train_acc": None, "images_per_s": 100.0, "val_auc": 0.9})
+    assert line == "== epoch 1/3 done in 1:15: train_loss 2.0000  images_per_s 100.0000  val_auc 0.9000"
+    # after an epoch, the run's ETA uses that epoch's duration; no accuracy for losses without a classifier
+    assert p.step_line(1, 5, 1.0, None, 0.05, 10.0, 10.0).endswith("lr 0.05  10 img/s  eta 0:10 (run 1:25)")
+
+
+def test_logger_prints_lines_and_records_events(tmp_path: Path):
+    lines: list[str] = []
+    log = Logger(lines.append, MetricsLog(tmp_path, tensorboard=False))
+    log("hello")
+    log(event="start", device="cpu")
+    log("time limit reached", event="time_limit", epoch=2)
+    assert lines == ["hello", "time limit reached"]
+    records = read_metrics(tmp_path)
+    assert [(r["event"], r.get("device"), r.get("epoch")) for r in records] == [
+        ("start", "cpu", None),
+        ("time_limit", None, 2),
+    ]
+    with pytest.raises(TypeError, match=r"fields \['epoch'\] need an event="):
+        log("x", epoch=3)
+    Logger(lines.append)("no metrics log", event="epoch", epoch=1)  # before the run folder exists: a line only
+    assert lines[-1] == "no metrics log"
+
+
+def test_fit_options_name_the_valid_choices():
+    with pytest.raises(ValueError, match=r"unknown best_metric 'auc'; choose one of \['val_auc', 'val_acc'"):
+        FitOptions(epochs=1, run_dir=Path("run"), best_metric="auc")
+    with pytest.raises(ValueError, match="train.early_stop=-2: give a number of epochs"):
+        FitOptions(epochs=1, run_dir=Path("run"), early_stop=-2)
+
+
+def test_a_failed_data_check_leaves_no_run_folder(hw2p2_dir: Path, tmp_path: Path, monkeypatch, capsys):
+    """`facerec train` with a missing dataset or a pair file naming a missing image fails before training and
+    takes away the --out folder it made (and its parent, made for it); a folder that existed before stays."""
+    monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
+    runs = tmp_path / "runs"
+    assert main(["train", "--data", str(tmp_path / "nonexistent"), "--out", str(runs / "x"), *TINY]) == 1
+    assert "nonexistent" in capsys.readouterr().err
+    assert not runs.exists()
+    pairs = hw2p2_dir / "verification_pairs_val.txt"
+    lines = pairs.read_text().splitlines()
+    lines[4] = "verification_data/missing.jpg " + lines[4].split(" ", 1)[1]
+    pairs.write_text("\n".join(lines) + "\n")
+    assert main(["train", "--data", str(hw2p2_dir), "--out", str(runs / "y"), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert ":5:" in err and "missing.jpg" in err
+    assert not runs.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert main(["train", "--data", str(tmp_path / "nonexistent"), "--out", str(mine), *TINY]) == 1
+    assert mine.is_dir() and not any(mine.iterdir())

@@ -21,10 +21,11 @@ import torch
 from facerec.data.augment import get_preset
 from facerec.data.memory import ImageSet
 from facerec.data.sampler import RandomBatchSampler
+from facerec.engine.data import epoch_batches
 from facerec.engine.ema import WeightAverage
-from facerec.engine.fit import epoch_batches
+from facerec.engine.optim import build_optimizer
 from facerec.engine.schedule import LRSchedule
-from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
+from facerec.engine.train import StepOptions, StepParts, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
 
@@ -70,19 +71,11 @@ def test_training_step_never_waits_for_the_gpu(terms, grad_clip: float, amp: str
     batches = epoch_batches(train, sampler, torch.Generator().manual_seed(0), dev)
     opts = StepOptions(dev, amp=amp, channels_last=True, grad_clip=grad_clip, log_every=10**9)
     average = WeightAverage({"model": model, "loss": loss_fn}, ema) if ema else None
-    result = train_one_epoch(
-        model,
-        loss_fn,
-        _no_sync_after_first(batches),
-        len(sampler),
-        optimizer,
-        LRSchedule(0.05, 1, len(sampler)),
-        0,
-        get_preset("standard"),
-        torch.Generator(device=dev).manual_seed(0),
-        opts,
-        ema=average,
+    parts = StepParts(
+        model, loss_fn, optimizer, LRSchedule(0.05, 1, len(sampler)), get_preset("standard"), opts, average
     )
+    aug_gen = torch.Generator(device=dev).manual_seed(0)
+    result = train_one_epoch(parts, _no_sync_after_first(batches), aug_gen, steps=len(sampler))
     overflows = result.get("overflow_steps", 0)  # fp16: the first steps may overflow the starting loss scale
     assert result["steps"] == len(sampler) - overflows and result["skipped_steps"] == 0
     assert result["images"] == n - 32 * overflows and math.isfinite(result["train_loss"])
@@ -118,17 +111,9 @@ def test_a_non_finite_step_is_skipped_on_the_gpu_without_a_sync() -> None:
     x = torch.randint(0, 256, (4, 16, 16, 16, 3), dtype=torch.uint8, device=dev)
     y = (torch.arange(64, device=dev) % CLASSES).view(4, 16)
     batches = iter(list(zip(x, y, strict=True)))
+    parts = StepParts(model, loss_fn, optimizer, LRSchedule(0.05, 1, 4), get_preset("none"), StepOptions(dev))
     result = train_one_epoch(
-        model,
-        loss_fn,
-        _no_sync_after_first(batches),
-        4,
-        optimizer,
-        LRSchedule(0.05, 1, 4),
-        0,
-        get_preset("none"),
-        torch.Generator(device=dev).manual_seed(0),
-        StepOptions(dev),
+        parts, _no_sync_after_first(batches), torch.Generator(device=dev).manual_seed(0), steps=4
     )
     assert result["skipped_steps"] == 4 and result["steps"] == 0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

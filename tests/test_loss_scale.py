@@ -14,9 +14,10 @@ from facerec.cli.main import main
 from facerec.data.augment import get_preset, to_input
 from facerec.engine.build import amp_advice, resolve_amp
 from facerec.engine.loss_scale import LossScale
+from facerec.engine.optim import build_optimizer
 from facerec.engine.progress import read_metrics
 from facerec.engine.schedule import LRSchedule
-from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
+from facerec.engine.train import StepOptions, StepParts, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
 from test_cli import TINY
@@ -106,18 +107,8 @@ def test_fp16_step_matches_a_gradscaler_loop():
     opt = build_optimizer(model, loss_fn, "sgd", lr, 0.0)  # fused
     scale = LossScale("cpu", init, growth_interval=interval)
     opts = StepOptions(torch.device("cpu"), amp="fp16", loss_scale=scale)
-    result = train_one_epoch(
-        model,
-        loss_fn,
-        iter(batches),
-        steps,
-        opt,
-        LRSchedule(lr, 1, steps, "constant"),
-        0,
-        get_preset("none"),
-        torch.Generator(),
-        opts,
-    )
+    parts = StepParts(model, loss_fn, opt, LRSchedule(lr, 1, steps, "constant"), get_preset("none"), opts)
+    result = train_one_epoch(parts, iter(batches), torch.Generator(), steps=steps)
 
     params = list(ref_model.parameters()) + list(ref_loss.parameters())
     ref_opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, foreach=True)
@@ -157,19 +148,8 @@ def test_under_fp16_a_nan_loss_is_a_fault_and_nan_gradients_back_off_the_scale()
     opts = StepOptions(torch.device("cpu"), amp="fp16", loss_scale=LossScale("cpu", init_scale=2.0))
 
     def epoch(steps: int, opts: StepOptions) -> dict:
-        schedule = LRSchedule(0.01, 1, steps, "constant")
-        return train_one_epoch(
-            model,
-            loss_fn,
-            iter([(images, labels)] * steps),
-            steps,
-            opt,
-            schedule,
-            0,
-            get_preset("none"),
-            torch.Generator(),
-            opts,
-        )
+        parts = StepParts(model, loss_fn, opt, LRSchedule(0.01, 1, steps, "constant"), get_preset("none"), opts)
+        return train_one_epoch(parts, iter([(images, labels)] * steps), torch.Generator(), steps=steps)
 
     r = epoch(6, opts)
     # scale 2 -> 1 (NaN loss: a fault) -> 0.5 (NaN gradients at scale 1: a fault) -> 0.25 (the same at 0.5)

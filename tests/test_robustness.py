@@ -31,9 +31,10 @@ from facerec.data.memory import load_identity_folders
 from facerec.data.pairs import read_pairs
 from facerec.engine import train as train_module
 from facerec.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from facerec.engine.optim import build_optimizer, skips_on_device
 from facerec.engine.progress import read_metrics
 from facerec.engine.schedule import LRSchedule
-from facerec.engine.train import StepOptions, build_optimizer, skips_on_device, train_one_epoch
+from facerec.engine.train import StepOptions, StepParts, train_one_epoch
 from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
 from facerec.outputs.submission import classification_test_ids, read_sample_submission, write_classification_csv
@@ -439,18 +440,8 @@ def _poison(loss_fn, bad: dict[int, str]) -> None:
 
 
 def _run_epoch(model, loss_fn, optimizer, batches, opts):
-    return train_one_epoch(
-        model,
-        loss_fn,
-        iter(batches),
-        len(batches),
-        optimizer,
-        LRSchedule(0.05, 1, len(batches)),
-        0,
-        get_preset("none"),
-        torch.Generator().manual_seed(0),
-        opts,
-    )
+    parts = StepParts(model, loss_fn, optimizer, LRSchedule(0.05, 1, len(batches)), get_preset("none"), opts)
+    return train_one_epoch(parts, iter(batches), torch.Generator().manual_seed(0), steps=len(batches))
 
 
 @pytest.mark.parametrize("grad_clip", [0.0, 1.0])

@@ -1,19 +1,21 @@
 """The learning-rate range test (`facerec lr-find`): train a fresh model for a few hundred steps while the learning
 rate grows geometrically from `start` to `end`, record the loss, and suggest `optim.lr`.
 
-Each step is `engine.train.train_one_epoch` over one batch, so the test runs the very step `facerec train` runs
-(the config's model, loss, optimiser, augmentation, AMP, gradient clipping, non-finite-step skipping). The loss is
-smoothed with a bias-corrected exponential average (the range test of Smith, "Cyclical Learning Rates for Training
-Neural Networks", 2017, as fastai runs it); the sweep stops once the smoothed loss passes `diverge` times its
-minimum, or a step is not finite. The suggestion is the learning rate where the smoothed loss was lowest: the
-peak rate of a warm-up + cosine schedule (Smith's "max_lr"), which is how the recipes use `optim.lr`. The rate of
-steepest descent, lower, is reported as the cautious choice. On facehw with the `cpu` recipe they were 0.087
-and 0.014; 4-epoch runs at 0.1 and at 0.0142 reached val AUC 0.943 and 0.863 (README).
+Each step is `engine.train.train_one_epoch` over one batch (one `train_step`), so the test runs the very step
+`facerec train` runs (the config's model, loss, optimiser, augmentation, AMP, gradient clipping, non-finite-step
+skipping). The loss is smoothed with a bias-corrected exponential average (the range test of Smith, "Cyclical
+Learning Rates for Training Neural Networks", 2017, as fastai runs it); the sweep stops once the smoothed loss
+passes `diverge` times its minimum, or a step is not finite. The suggestion is the learning rate where the
+smoothed loss was lowest: the peak rate of a warm-up + cosine schedule (Smith's "max_lr"), which is how the
+recipes use `optim.lr`. The rate of steepest descent, lower, is reported as the cautious choice. On facehw with
+the `cpu` recipe they were 0.087 and 0.014; 4-epoch runs at 0.1 and at 0.0142 reached val AUC 0.943 and 0.863
+(README).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +28,10 @@ from facerec.data.folder import DataError
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.pack import is_pack
 from facerec.engine.build import build_loss_fn, build_model, resolve_amp, resolve_device, use_channels_last
-from facerec.engine.fit import epoch_batches
-from facerec.engine.run import Log, load_train_images, make_sampler
-from facerec.engine.train import StepOptions, build_optimizer, train_one_epoch
+from facerec.engine.data import epoch_batches, load_train_images, make_sampler
+from facerec.engine.log import Log, echo
+from facerec.engine.optim import build_optimizer
+from facerec.engine.train import StepOptions, StepParts, train_one_epoch
 
 
 @dataclass
@@ -100,12 +103,11 @@ def steepest_descent(lrs: list[float], smoothed: list[float], skip_start: int = 
     return float(lrs[skip_start + i]) if slope[i] < 0 else None
 
 
-def find_lr(
-    cfg: Config, start: float = 1e-5, end: float = 10.0, steps: int = 100, diverge: float = 4.0, log: Log = print
-) -> LRFindResult:
-    """Run the range test on a fresh model built from `cfg` (data.root must be set). The optimiser's groups keep
-    their relative rates (`optim.loss_lr`), as in training."""
-    sweep = GeometricSweep(start, end, steps)
+def _sweep_parts(
+    cfg: Config, sweep: GeometricSweep, log: Log
+) -> tuple[StepParts, Iterator[tuple[torch.Tensor, torch.Tensor]], int]:
+    """What the sweep trains, as `facerec train` would build it from `cfg` (the optimiser starts at the sweep's
+    first rate); the training batches, epoch after epoch, as long as the sweep needs; the number of images."""
     t, o, d = cfg.train, cfg.optim, cfg.data
     if not d.root:
         raise DataError("no dataset given: pass --data DIR (an HW2P2 folder, identity folders or a pack)")
@@ -119,27 +121,39 @@ def find_lr(
     loss_fn = build_loss_fn(cfg, len(images.classes)).to(device)
     cl = use_channels_last(t.channels_last, device)
     model = model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
-    optimizer = build_optimizer(model, loss_fn, o.name, start, o.weight_decay, o.momentum, o.nesterov, o.loss_lr)
+    optimizer = build_optimizer(
+        model, loss_fn, o.name, sweep.start, o.weight_decay, o.momentum, o.nesterov, o.loss_lr
+    )
     sampler = make_sampler(cfg, images, loss_fn)
     opts = StepOptions(device, resolve_amp(t.amp, device), cl, o.grad_clip, log_every=10**9)
-    aug, gen = get_preset(d.augment), torch.Generator(device=device).manual_seed(t.seed)
 
-    def batches():  # epoch after epoch, as long as the sweep needs
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = 0
         while True:
             yield from epoch_batches(images, sampler, torch.Generator().manual_seed(t.seed + epoch), device)
             epoch += 1
 
-    stream = batches()
+    parts = StepParts(model, loss_fn, optimizer, sweep, get_preset(d.augment), opts)
+    return parts, batches(), len(images)
+
+
+def find_lr(
+    cfg: Config, start: float = 1e-5, end: float = 10.0, steps: int = 100, diverge: float = 4.0, log: Log = echo
+) -> LRFindResult:
+    """Run the range test on a fresh model built from `cfg` (data.root must be set). The optimiser's groups keep
+    their relative rates (`optim.loss_lr`), as in training."""
+    sweep = GeometricSweep(start, end, steps)
+    parts, stream, n_images = _sweep_parts(cfg, sweep, log)
+    gen = torch.Generator(device=parts.opts.device).manual_seed(cfg.train.seed)
     lrs: list[float] = []
     losses: list[float] = []
     smoothed: list[float] = []
     smoother = Smoother()
     best, stopped_at = math.inf, None
-    loss_fn.on_epoch_start(0)  # e.g. a margin warm-up starts where training starts
-    log(f"learning-rate range test: {steps} steps, lr {start:g} to {end:g}, on {len(images)} images")
+    parts.loss_fn.on_epoch_start(0)  # e.g. a margin warm-up starts where training starts
+    log(f"learning-rate range test: {steps} steps, lr {start:g} to {end:g}, on {n_images} images")
     for i in range(steps):
-        result = train_one_epoch(model, loss_fn, iter([next(stream)]), 1, optimizer, sweep, i, aug, gen, opts)
+        result = train_one_epoch(parts, iter([next(stream)]), gen, steps=1, global_step=i, log=log)
         lrs.append(sweep.lr_at(i))
         losses.append(float(result["train_loss"]) if result["steps"] else float("nan"))
         current = smoother.add(losses[-1])

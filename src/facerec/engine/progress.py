@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 
 def format_duration(seconds: float) -> str:
@@ -63,34 +62,36 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 class Progress:
-    """Prints `epoch 3/20  step 40/81  loss 4.12  acc 23.4%  lr 0.091  1234 img/s  eta 0:41 (run 12:03)`."""
+    """The live progress lines of a run; `fit` and `train_one_epoch` hand them to the run's log.
 
-    def __init__(self, epochs: int, steps_per_epoch: int, stream: TextIO | None = None) -> None:
+    `epoch 3/20  step 40/81  loss 4.12  acc 23.4%  lr 0.091  1,234 img/s  eta 0:41 (run 12:03)` while an epoch
+    trains, `== epoch 3/20 done in 1:02: train_loss 4.1200  ...` after it. The run's ETA uses the last epoch's
+    duration once there is one.
+    """
+
+    def __init__(self, epochs: int, steps_per_epoch: int) -> None:
         self.epochs, self.steps = epochs, steps_per_epoch
-        self.stream = stream or sys.stdout
         self.epoch_times: list[float] = []
 
-    def step(self, epoch: int, step: int, loss: float, acc: float | None, lr: float, img_s: float, elapsed: float):
+    def step_line(
+        self, epoch: int, step: int, loss: float, acc: float | None, lr: float, img_s: float, elapsed: float
+    ) -> str:
+        """The line of `step` (1-based) of `epoch` (0-based), `elapsed` seconds into the epoch."""
         left_in_epoch = elapsed / max(step, 1) * (self.steps - step)
         per_epoch = self.epoch_times[-1] if self.epoch_times else elapsed / max(step, 1) * self.steps
         eta_run = left_in_epoch + per_epoch * (self.epochs - epoch - 1)
         acc_text = f"  acc {100 * acc:5.1f}%" if acc is not None else ""
-        print(
+        return (
             f"epoch {epoch + 1}/{self.epochs}  step {step}/{self.steps}  loss {loss:.4f}{acc_text}  lr {lr:.4g}  "
-            f"{img_s:,.0f} img/s  eta {format_duration(left_in_epoch)} (run {format_duration(eta_run)})",
-            file=self.stream,
-            flush=True,
+            f"{img_s:,.0f} img/s  eta {format_duration(left_in_epoch)} (run {format_duration(eta_run)})"
         )
 
-    def epoch_end(self, epoch: int, seconds: float, summary: dict[str, Any]) -> None:
+    def epoch_line(self, epoch: int, seconds: float, summary: dict[str, Any]) -> str:
+        """The summary line of `epoch` (0-based), which took `seconds`; None values are left out."""
         self.epoch_times.append(seconds)
         parts = []
         for key, value in summary.items():
             if value is None:
                 continue
             parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
-        print(
-            f"== epoch {epoch + 1}/{self.epochs} done in {format_duration(seconds)}: " + "  ".join(parts),
-            file=self.stream,
-            flush=True,
-        )
+        return f"== epoch {epoch + 1}/{self.epochs} done in {format_duration(seconds)}: " + "  ".join(parts)

@@ -1,26 +1,26 @@
-"""Config -> objects: the model, the loss, the data, and a whole training run. The CLI and the API call these."""
+"""A whole training run from a config (`train`): the run folder, the data, the parts, `fit`, then best.pt's
+finishing touches. The CLI and the Python API call `train`; `resume_config` gives the config of a run to resume.
+
+The other names of the old `facerec.pipeline` module stay importable from here (`__all__`): the data loaders of
+engine/data.py, `Log` (engine/log.py) and the builders of engine/build.py.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from facerec.config import Config, config_from_dict, config_to_dict, save_config
-from facerec.data.augment import get_preset
+from facerec.config import Config, apply_overrides, config_from_dict, config_to_dict, save_config
 from facerec.data.folder import DataError
-from facerec.data.holdout import split_validation, write_pair_file
-from facerec.data.hw2p2 import Hw2p2Layout, detect_layout
-from facerec.data.memory import ImageSet, load_identity_folders
-from facerec.data.pack import image_root, is_pack, open_pack, read_meta, subset
-from facerec.data.pairset import PairSet, load_pairset
-from facerec.data.sampler import PKBatchSampler, RandomBatchSampler
+from facerec.data.holdout import write_pair_file
+from facerec.data.pairset import PairSet
 from facerec.engine.build import (
     amp_advice,
     build_loss_fn,
@@ -31,191 +31,69 @@ from facerec.engine.build import (
     resolve_scoring,
     use_channels_last,
 )
-from facerec.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, set_rng_state
-from facerec.engine.distributed import (
-    DistContext,
-    GatherLoss,
-    ShardedBatchSampler,
-    init_distributed,
-    shutdown,
-    wrap_model,
-)
-from facerec.engine.ema import WeightAverage, optimiser_weights
-from facerec.engine.fit import FitParts, FitState, fit, load_fit_state, prototypes_for
+from facerec.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from facerec.engine.data import images_on_gpu, load_data, load_train_images, make_sampler, train_image_root
+from facerec.engine.distributed import DistContext, init_distributed, shutdown
+from facerec.engine.fit import FitHooks, FitOptions, fit
+from facerec.engine.fit_state import FitState
+from facerec.engine.log import Log, Logger, echo, quiet
+from facerec.engine.parts import FitParts, build_parts
 from facerec.engine.progress import MetricsLog
-from facerec.engine.schedule import LRSchedule
-from facerec.engine.train import StepOptions, build_optimizer
-from facerec.losses.base import CombinedLoss
+from facerec.engine.validate import prototypes_for
 from facerec.models.embedder import count_parameters
 
-Log = Callable[[str], None]
+__all__ = [  # `train` and `resume_config`, and the other names of the old facerec.pipeline module
+    "Log",
+    "amp_advice",
+    "build_loss_fn",
+    "build_model",
+    "cpu_has_bf16",
+    "images_on_gpu",
+    "load_data",
+    "load_train_images",
+    "make_sampler",
+    "resolve_amp",
+    "resolve_device",
+    "resolve_scoring",
+    "resume_config",
+    "train",
+    "train_image_root",
+    "use_channels_last",
+]
 
 
-def load_data(cfg: Config, log: Log = print) -> tuple[Hw2p2Layout, ImageSet, ImageSet | None, PairSet | None]:
-    """Detect the dataset layout, check the pair file (before any training), decode train / val / pair images."""
-    d = cfg.data
-    if not d.root:
-        raise DataError("no dataset given: pass --data DIR (an HW2P2 folder or a folder of identity folders)")
-    packed = is_pack(d.root)
-    layout = _pack_layout(d.root, d.pairs, log) if packed else detect_layout(d.root)
-    log(f"dataset {layout.root} ({layout.kind} layout): train {layout.train}")
-    pairs_file = Path(d.pairs) if d.pairs else layout.pairs_val
-    pairs = None
-    if pairs_file is not None and d.holdout:
-        log(f"data.holdout={d.holdout}: val AUC on pairs of held-out identities, not on {pairs_file}")
-    elif pairs_file is not None:
-        pairs = load_pairset(pairs_file, layout.root, layout.verification, d.image_size, d.num_workers)
-        log(f"val pairs: {len(pairs)} from {pairs_file} ({pairs.images.shape[0]} images)")
-    train = load_train_images(cfg, layout.train, log)
-    log(f"train: {len(train)} images of {len(train.classes)} identities")
-    val_dir = Path(d.val) if d.val else layout.val
-    val = None
-    if d.holdout or d.val_per_class:
-        n_classes, n_images = len(train.classes), len(train)
-        train, val, held_pairs = split_validation(
-            train, d.holdout, d.holdout_pairs, d.val_per_class, cfg.train.seed, train_image_root(cfg, layout.train)
-        )
-        if held_pairs is not None:
-            pairs = held_pairs
-            n_same = int(pairs.labels.sum()) if pairs.labels is not None else 0
-            n_held = n_images - len(train) - (len(val) if val is not None else 0)
-            log(
-                f"held out {n_classes - len(train.classes)} identities ({n_held} images) for verification: "
-                f"{len(pairs)} val pairs ({n_same} same)"
-            )
-        if val is not None:
-            if val_dir is not None:
-                log(
-                    f"data.val_per_class={d.val_per_class}: val accuracy on images held out of training, not on "
-                    f"{val_dir}"
-                )
-            log(f"val: {len(val)} images held out of training ({d.val_per_class} per identity)")
-        log(f"train: {len(train)} of {n_images} images, {len(train.classes)} identities")
-    if val is None and val_dir is not None and not d.val_per_class:
-        val = load_identity_folders(val_dir, d.image_size, train.classes, d.num_workers, d.cache, log)
-        log(f"val: {len(val)} images")
-    if pairs is None and val is None:
-        log(
-            "no validation data: best.pt follows the last epoch. Hold some out with data.holdout=0.1 "
-            "(identities, for val AUC) and/or data.val_per_class=2 (images, for val accuracy)"
-        )
-    return layout, train, val, pairs
-
-
-def load_train_images(cfg: Config, train_dir: Path, log: Log = print) -> ImageSet:
-    """The training images as training reads them: the pack at data.root, or the identity folders of `train_dir`
-    (the training split of data.root's layout), limited by data.max_per_class / data.max_classes."""
-    d = cfg.data
-    if is_pack(d.root):
-        return subset(open_pack(d.root, d.image_size, log), d.max_per_class, d.max_classes)
-    return load_identity_folders(
-        train_dir, d.image_size, None, d.num_workers, d.cache, log, d.max_per_class, d.max_classes
-    )
-
-
-def train_image_root(cfg: Config, train_dir: Path) -> Path:
-    """The folder the training images' files live in (a pack's source split), which held-out pair files are
-    written relative to."""
-    return image_root(cfg.data.root) if is_pack(cfg.data.root) else train_dir
-
-
-def _pack_layout(root: str, pairs: str, log: Log) -> Hw2p2Layout:
-    """A pack is the training split. Val images and pairs: data.val / data.pairs, else those of the dataset the
-    pack was made from (meta.json "source"), when that is still on disk."""
-    source = read_meta(root).get("source")
-    if source and Path(source).is_dir():
-        try:
-            layout = detect_layout(source)
-            log(f"pack {root} was made from {source}: its val split and pair file are used unless given")
-            return dataclasses.replace(layout, train=Path(root), kind=f"pack of {layout.kind}")
-        except DataError:
-            pass
-    base = Path(pairs).parent if pairs else Path(root)  # pair-file paths are relative to the pair file's folder
-    return Hw2p2Layout(base, Path(root), None, None, None, None, None, None, None, kind="pack")
-
-
-def make_sampler(cfg: Config, train: ImageSet, loss_fn: CombinedLoss) -> RandomBatchSampler | PKBatchSampler:
-    kind = cfg.data.sampler
-    if kind == "auto":
-        kind = "pk" if loss_fn.needs_pk else "random"
-    if kind == "pk":
-        return PKBatchSampler(train.labels, cfg.data.p, cfg.data.k)
-    if kind == "random":
-        return RandomBatchSampler(len(train), cfg.data.batch_size)
-    raise ValueError(f"unknown data.sampler {kind!r}; choose one of ['auto', 'pk', 'random']")
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM finish the current step, save a checkpoint and exit (a second Ctrl-C aborts at once)."""
-
-    def __init__(self, install: bool = True) -> None:
-        self.stop = False
-        self._old: dict[int, Any] = {}
-        self._install = install
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM) if self._install else ():
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.stop:
-            raise KeyboardInterrupt
-        self.stop = True
-        print("\nstopping after this step (Ctrl-C again to abort)...", flush=True)
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
-def train(cfg: Config, run_dir: str | Path, resume: str | bool = False, log: Log = print) -> FitState:
+def train(cfg: Config, run_dir: str | Path, resume: str | bool = False, log: Log = echo) -> FitState:
     """A whole run: data, model, loss, optimiser, then `fit`. `resume=True` continues RUN/last.pt.
 
     Under `torchrun --nproc_per_node=N` every process calls this and they train one model together
-    (engine/distributed.py); rank 0 alone logs and writes the run folder.
+    (engine/distributed.py); rank 0 alone logs and writes the run folder. A run that fails before writing anything
+    (a missing dataset, a bad pair file) leaves no run folder behind.
     """
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
     ctx, device = init_distributed(resolve_device(t.device))
     try:
-        state = _run(cfg, Path(run_dir), resume, log if ctx.is_main else _quiet, ctx, device)
+        with _removed_if_left_empty(Path(run_dir)) if ctx.is_main else contextlib.nullcontext():
+            state = _run(cfg, Path(run_dir), resume, log if ctx.is_main else quiet, ctx, device)
         ctx.barrier()  # nobody leaves while rank 0 still writes best.pt
         return state
     finally:
         shutdown(ctx)
 
 
-def images_on_gpu(images: ImageSet, device: torch.device, log: Log) -> ImageSet:
-    """Keep the uint8 training images on the GPU when they take at most a quarter of its free memory (facehw:
-    250 MiB, all of HW2P2 at 64x64: 4.4 GiB): each step's batch is then indexed on the device, with no host gather,
-    pinning or copy. Labels stay on the host, where prototypes and samplers use them."""
-    size = images.images.numel() * images.images.element_size()
-    free, _ = torch.cuda.mem_get_info(device)
-    if size > free // 4:
-        log(f"training images ({size / 2**20:.0f} MiB) stay in host memory: over 1/4 of the free GPU memory")
-        return images
-    log(f"training images ({size / 2**20:.0f} MiB) moved to {device}")
-    return dataclasses.replace(images, images=images.images.to(device))
-
-
-def _quiet(message: str) -> None:
-    """The log of ranks other than 0."""
-
-
 def _run(
     cfg: Config, run_dir: Path, resume: str | bool, log: Log, ctx: DistContext, device: torch.device
 ) -> FitState:
+    t = cfg.train
+    options = FitOptions(
+        t.epochs, run_dir, t.seed, t.best_metric, t.eval_every, t.early_stop, t.time_limit_min * 60
+    )
     resume_state = _resume_state(run_dir, resume)
     if resume_state is not None:
         log(f"resuming after epoch {resume_state['epoch']} from {run_dir}")
     if ctx.is_main:
         _check_writable(run_dir)
-    t = cfg.train
     if ctx.enabled:
         log(f"distributed: {ctx.world_size} processes on {device.type}, each takes 1/{ctx.world_size} of a batch")
     if device.type == "cuda":  # process-wide switches, set here and not at import
@@ -229,129 +107,47 @@ def _run(
         val = pairs = None  # rank 0 alone validates
     if device.type == "cuda":
         train_set = images_on_gpu(train_set, device, log)
-    model = build_model(cfg)
-    loss_fn = build_loss_fn(cfg, len(train_set.classes))
-    cl = use_channels_last(t.channels_last, device)
-    model = model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
-    loss_fn = loss_fn.to(device)
-    o = cfg.optim
-    optimizer = build_optimizer(model, loss_fn, o.name, o.lr, o.weight_decay, o.momentum, o.nesterov, o.loss_lr)
-    sampler = make_sampler(cfg, train_set, loss_fn)
-    if ctx.enabled:
-        sampler = ShardedBatchSampler(sampler, ctx.rank, ctx.world_size)
-    steps = len(sampler) if not t.max_steps_per_epoch else min(len(sampler), t.max_steps_per_epoch)
-    schedule = LRSchedule(
-        o.lr, t.epochs, steps, o.schedule, o.warmup_epochs, o.min_lr, o.step_size, o.gamma, o.patience
-    )
-    state = FitState()
-    if resume_state is not None:  # with a weight average, "model" / "loss" hold the average (engine/ema.py)
-        model_state, loss_state = optimiser_weights(resume_state)
-        model.load_state_dict(model_state)
-        loss_fn.load_state_dict(loss_state)
-        optimizer.load_state_dict(resume_state["optimizer"])
-        schedule.load_state_dict(resume_state.get("schedule", {}))
-        state = load_fit_state(resume_state["fit_state"])
-        set_rng_state(resume_state["rng"])
-    elif t.init_from:
-        _init_weights(model, t.init_from, log)
-    ema = _weight_average(t.ema, model, loss_fn, resume_state, log) if ctx.is_main else None  # rank 0 validates
-    amp = resolve_amp(t.amp, device)
-    advice = amp_advice(t.amp, device, cpu_has_bf16())  # None off the CPU
-    if advice:
-        log(advice)
-    opts = StepOptions(device, amp, cl, o.grad_clip, t.log_every, t.max_steps_per_epoch)
-    if opts.loss_scale is not None and resume_state is not None and "loss_scale" in resume_state:
-        opts.loss_scale.load_state_dict(resume_state["loss_scale"])
-    train_model = wrap_model(model, ctx, device)
-    if t.compile:
-        import torch._dynamo as dynamo
-
-        # where compiling fails (no Triton or C++ compiler, an unsupported op), run that code eagerly, with
-        # torch's warning, instead of stopping the run at its first step
-        dynamo.config.suppress_errors = True
-        train_model = torch.compile(train_model)
-    parts = FitParts(
-        model,
-        loss_fn,
-        optimizer,
-        schedule,
-        train_set,
-        sampler,
-        get_preset(cfg.data.augment),
-        opts,
-        val,
-        pairs,
-        resolve_scoring(cfg, loss_fn),
-        t.flip_tta,
-        train_model=train_model,
-        train_loss=GatherLoss(loss_fn) if ctx.enabled else None,
-        dist=ctx,
-        ema=ema,
-    )
-    metrics = MetricsLog(run_dir) if ctx.is_main else None
+    model, loss_fn = build_model(cfg), build_loss_fn(cfg, len(train_set.classes))
+    parts = build_parts(cfg, model, loss_fn, (train_set, val, pairs), ctx, device, resume_state, log)
+    state = FitState.from_state_dict(resume_state["fit_state"]) if resume_state is not None else FitState()
+    logger = Logger(log, MetricsLog(run_dir) if ctx.is_main else None)
     if ctx.is_main:
-        save_config(cfg, run_dir / "config.yaml")
-        if cfg.data.holdout and pairs is not None:
-            _save_holdout_pairs(pairs, run_dir, train_image_root(cfg, layout.train), log)
-        (run_dir / "model_summary.txt").write_text(f"{model}\n\nparameters: {count_parameters(model):,}\n")
-    if metrics is not None and resume_state is None:
-        metrics.write(
-            "start",
-            device=str(device),
-            num_params=count_parameters(model),
-            num_classes=len(train_set.classes),
-            num_train_images=len(train_set),
+        _write_run_files(cfg, parts, run_dir, train_image_root(cfg, layout.train), logger, resume_state is None)
+    t0 = time.time()
+    # Several ranks could stop after different steps and leave the others waiting in a collective: under torchrun
+    # Ctrl-C simply ends the job, and --resume continues from the last epoch's last.pt.
+    with _StopFlag(logger, install=not ctx.enabled) as flag:
+        hooks = FitHooks(lambda: _checkpoint_extra(cfg, parts), logger, lambda: flag.stop)
+        state = fit(parts=parts, options=options, hooks=hooks, state=state)
+    if ctx.is_main:
+        if state.epoch >= t.epochs or not flag.stop:
+            _finalise(parts, options, state, time.time() - t0, logger)
+        logger.close()
+    return state
+
+
+def _write_run_files(
+    cfg: Config, parts: FitParts, run_dir: Path, train_root: Path, log: Logger, fresh: bool
+) -> None:
+    """RUN/config.yaml, the held-out pairs, the model summary and (`fresh`: not resumed) the "start" record."""
+    save_config(cfg, run_dir / "config.yaml")
+    if cfg.data.holdout and parts.pairs is not None:
+        _save_holdout_pairs(parts.pairs, run_dir, train_root, log)
+    (run_dir / "model_summary.txt").write_text(f"{parts.model}\n\nparameters: {count_parameters(parts.model):,}\n")
+    if fresh:
+        log(
+            event="start",
+            device=str(parts.step.opts.device),
+            num_params=count_parameters(parts.model),
+            num_classes=len(parts.train.classes),
+            num_train_images=len(parts.train),
             torch=torch.__version__,
             threads=torch.get_num_threads(),
             cpu_count=os.cpu_count(),
             scoring=parts.scoring,
-            sampler=type(sampler).__name__,
-            world_size=ctx.world_size,
+            sampler=type(parts.sampler).__name__,
+            world_size=parts.dist.world_size,
         )
-
-    def extra() -> dict[str, Any]:
-        weights = {"model": model.state_dict(), "loss": loss_fn.state_dict()}
-        if ema is not None:  # what evaluation and inference use, then the optimiser's own weights for --resume
-            weights = {
-                "model": ema.state_dict("model"),
-                "loss": ema.state_dict("loss"),
-                "ema": ema.counters(),
-                "train_model": weights["model"],
-                "train_loss": weights["loss"],
-            }
-        return {
-            "config": config_to_dict(cfg),
-            "classes": train_set.classes,
-            **weights,
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "scoring": parts.scoring,
-            **({"loss_scale": opts.loss_scale.state_dict()} if opts.loss_scale is not None else {}),
-        }
-
-    t0 = time.time()
-    # Several ranks could stop after different steps and leave the others waiting in a collective: under torchrun
-    # Ctrl-C simply ends the job, and --resume continues from the last epoch's last.pt.
-    with _StopFlag(install=not ctx.enabled) as flag:
-        state = fit(
-            parts,
-            state,
-            t.epochs,
-            run_dir,
-            t.seed,
-            extra,
-            metrics,
-            t.best_metric,
-            t.eval_every,
-            t.time_limit_min * 60,
-            lambda: flag.stop,
-            t.early_stop,
-        )
-    if metrics is not None:
-        if state.epoch >= t.epochs or not flag.stop:
-            _finalise(run_dir, parts, metrics, state, t.best_metric, time.time() - t0, log)
-        metrics.close()
-    return state
 
 
 def _save_holdout_pairs(pairs: PairSet, run_dir: Path, train_root: Path, log: Log) -> None:
@@ -370,19 +166,38 @@ def _save_holdout_pairs(pairs: PairSet, run_dir: Path, train_root: Path, log: Lo
     )
 
 
-def _finalise(
-    run_dir: Path,
-    parts: FitParts,
-    metrics: MetricsLog,
-    state: FitState,
-    best_metric: str,
-    seconds: float,
-    log: Log,
-) -> None:
+def _checkpoint_extra(cfg: Config, parts: FitParts) -> dict[str, Any]:
+    """What every checkpoint holds besides the fit's position: config, classes, weights (with a weight average:
+    the average, which evaluation and inference use, then the optimiser's own weights for --resume), optimiser,
+    schedule, scoring and fp16's loss scale."""
+    step = parts.step
+    weights = {"model": parts.model.state_dict(), "loss": parts.loss_fn.state_dict()}
+    if step.ema is not None:
+        weights = {
+            "model": step.ema.state_dict("model"),
+            "loss": step.ema.state_dict("loss"),
+            "ema": step.ema.counters(),
+            "train_model": weights["model"],
+            "train_loss": weights["loss"],
+        }
+    scale = step.opts.loss_scale
+    return {
+        "config": config_to_dict(cfg),
+        "classes": parts.train.classes,
+        **weights,
+        "optimizer": step.optimizer.state_dict(),
+        "schedule": step.schedule.state_dict(),
+        "scoring": parts.scoring,
+        **({"loss_scale": scale.state_dict()} if scale is not None else {}),
+    }
+
+
+def _finalise(parts: FitParts, options: FitOptions, state: FitState, seconds: float, log: Logger) -> None:
     """Add what inference needs to best.pt: the decision threshold and, for losses without a classifier,
     class prototypes."""
-    best = load_checkpoint(run_dir / "best.pt")
-    parts.model.load_state_dict(best["model"])  # the plain model: DDP / torch.compile wrap only train_model
+    best_pt = options.run_dir / "best.pt"
+    best = load_checkpoint(best_pt)
+    parts.model.load_state_dict(best["model"])  # the plain model: DDP / torch.compile wrap only the step's
     parts.loss_fn.load_state_dict(best["loss"])
     protos = prototypes_for(parts, per_class=1_000_000)
     if protos is not None:
@@ -391,44 +206,44 @@ def _finalise(
     if thr is not None:
         best["threshold"] = thr
         best["threshold_source"] = "best-accuracy threshold on the val pairs"
-    save_checkpoint({k: v for k, v in best.items() if k not in ("format", "version")}, run_dir / "best.pt")
-    best_value = state.best_value if best_metric != "train_loss" or state.best_value is None else -state.best_value
-    metrics.write(
-        "end", best_epoch=state.best_epoch, best_metric=best_metric, best_value=best_value, total_time_s=seconds
+    save_checkpoint({k: v for k, v in best.items() if k not in ("format", "version")}, best_pt)
+    metric = options.best_metric
+    best_value = state.best_value if metric != "train_loss" or state.best_value is None else -state.best_value
+    log(
+        f"done: best {metric} {best_value} at epoch {state.best_epoch}; checkpoint {best_pt}",
+        event="end",
+        best_epoch=state.best_epoch,
+        best_metric=metric,
+        best_value=best_value,
+        total_time_s=seconds,
     )
-    log(f"done: best {best_metric} {best_value} at epoch {state.best_epoch}; checkpoint {run_dir / 'best.pt'}")
 
 
-def _weight_average(
-    decay: float, model: torch.nn.Module, loss_fn: torch.nn.Module, resume_state: dict[str, Any] | None, log: Log
-) -> WeightAverage | None:
-    """train.ema: the weight average (None when 0), continued from the resumed checkpoint when that kept one."""
-    if not decay:
-        return None
-    ema = WeightAverage({"model": model, "loss": loss_fn}, decay)
-    if resume_state is not None and "ema" in resume_state:
-        ema.load({"model": resume_state["model"], "loss": resume_state["loss"]}, resume_state["ema"])
-    elif resume_state is not None:
-        log(f"train.ema={decay}: the resumed checkpoint kept no weight average; it starts from its weights")
-    log(f"weight average (EMA, decay {decay}, about {1 / (1 - decay):.0f} steps): validation and best.pt use it")
-    return ema
+class _StopFlag:
+    """SIGINT/SIGTERM finish the current step, save a checkpoint and exit (a second Ctrl-C aborts at once)."""
 
+    def __init__(self, log: Log, install: bool = True) -> None:
+        self.stop = False
+        self._old: dict[int, Any] = {}
+        self._log, self._install = log, install
 
-def _init_weights(model: torch.nn.Module, path: str, log: Log) -> None:
-    """Start from another run's embedding network (e.g. ArcFace fine-tuning after softmax pre-training).
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM) if self._install else ():
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
 
-    Only the backbone and neck are taken; the loss (class centres) starts fresh."""
-    source = load_checkpoint(path)["model"]
-    own = model.state_dict()
-    shapes_differ = [k for k in own if k in source and source[k].shape != own[k].shape]
-    if shapes_differ or set(own) != set(source):
-        raise CheckpointError(
-            f"train.init_from={path}: its network differs from model.* of this config "
-            f"(e.g. {(shapes_differ or sorted(set(own) ^ set(source)))[0]}); use the same "
-            "backbone, neck and embedding_dim"
-        )
-    model.load_state_dict(source)
-    log(f"initialised the network from {path}")
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+        self._log("\nstopping after this step (Ctrl-C again to abort)...")
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def _resume_state(run_dir: Path, resume: str | bool) -> dict[str, Any] | None:
@@ -442,13 +257,12 @@ def _resume_state(run_dir: Path, resume: str | bool) -> dict[str, Any] | None:
 
 def resume_config(run_dir: str | Path, resume: str | bool, overrides: list[str]) -> Config:
     """The config of the run being resumed, with explicit `key=value` overrides on top (e.g. more epochs)."""
-    from facerec.config import apply_overrides
-
     state = _resume_state(Path(run_dir), resume or True)
     return apply_overrides(config_from_dict(state["config"]), overrides)
 
 
 def _check_writable(run_dir: Path) -> None:
+    """Create the run folder and write a probe file into it, so a bad --out fails before the data is decoded."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write_test"
@@ -456,3 +270,18 @@ def _check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise DataError(f"cannot write to the output folder {run_dir} ({err}); choose another --out") from None
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(run_dir: Path) -> Iterator[None]:
+    """On a failure, take away the run folder (and the parents made for it) when this run created it and wrote
+    nothing into it: a bad dataset or pair file must not leave an empty --out folder behind."""
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
+    try:
+        yield
+    except BaseException:
+        for folder in created:
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
+        raise

@@ -13,8 +13,8 @@ from facerec.data.hw2p2 import detect_layout
 from facerec.data.memory import load_flat_images, load_identity_folders
 from facerec.data.pack import image_root, is_pack, read_meta
 from facerec.data.pairset import PairSet, load_pairset
+from facerec.engine.data import load_train_images, train_image_root
 from facerec.engine.evaluate import evaluate_closed_set, evaluate_pairs
-from facerec.engine.run import load_train_images, train_image_root
 from facerec.inference.model import FaceModel
 from facerec.metrics.scoring import Scoring
 from facerec.outputs.submission import classification_test_ids, write_classification_csv, write_verification_csv
