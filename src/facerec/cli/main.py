@@ -57,7 +57,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", aliases=["eval"], help="accuracy and verification metrics of a checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="dataset folder: its val split and val pair file are evaluated")
-    p.add_argument("--pairs", help="a labelled pair file `a b label`")
+    p.add_argument("--pairs", help="labelled pairs: `a b label` lines or LFW's pairs.txt")
     p.add_argument("--root", help="folder the pair file's paths are relative to")
     p.add_argument("--scoring", choices=["cosine", "euclidean"], help="override the loss's own scoring")
     p.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
@@ -232,13 +232,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from facerec.cli.options import embed_each
     from facerec.inference.load import load
-    from facerec.metrics.verification import pair_scores
+    from facerec.metrics.scoring import Scoring
 
     fm = load(args.checkpoint)
     thr = args.threshold if args.threshold is not None else fm.threshold
     e = embed_each(args, fm, [args.image_a, args.image_b])  # aligned unless --no-align (photos.embed.embed_photos)
-    score = float(pair_scores(e[:1], e[1:], fm.scoring)[0])
-    same = None if thr is None else score >= thr
+    score = float(Scoring.of(fm.scoring).pairs(e[:1], e[1:])[0])
+    same = None if thr is None else Scoring.accept(score, thr)
     if args.json:
         print(json.dumps({"score": score, "threshold": thr, "same": same, "scoring": fm.scoring}))
     else:
