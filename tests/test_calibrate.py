@@ -12,6 +12,7 @@ import pytest
 from facerec.data.folder import DataError
 from facerec.engine.checkpoint import load_checkpoint
 from facerec.evaluation.calibrate import calibrate, calibrate_scores, is_lfw_pair_file
+from facerec.inference.load import load
 from test_lfw import one_thread, run_cli, tiny_checkpoint  # noqa: F401  (one_thread: autouse fixture)
 
 
@@ -37,7 +38,6 @@ def _pair_file(face_dir, path):
 
 
 def test_calibrate_writes_threshold_into_a_copy(tmp_path_factory, face_dir, tmp_path):
-    from facerec.inference.model import FaceModel
 
     src = tiny_checkpoint(tmp_path_factory)
     pairs = _pair_file(face_dir, tmp_path / "pairs.txt")
@@ -49,7 +49,7 @@ def test_calibrate_writes_threshold_into_a_copy(tmp_path_factory, face_dir, tmp_
     assert "pairs.txt" in state["threshold_source"] and "FAR <= 0.1" in state["threshold_source"]
     assert "threshold_far" not in load_checkpoint(src)  # --out leaves the original alone
 
-    fm = FaceModel.load(out)
+    fm = load(out)
     assert fm.threshold == pytest.approx(r["threshold"])
     rows = [line.split() for line in pairs.read_text().splitlines()]
     scores = np.array([fm.score(face_dir / a, face_dir / b) for a, b, _ in rows])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from facerec.data.folder import DataError
+from facerec.inference.load import load
 from test_lfw import one_thread, real_checkpoint, run_cli, tiny_checkpoint  # noqa: F401  (one_thread: autouse)
 
 faiss = pytest.importorskip("faiss")
@@ -125,14 +126,13 @@ def test_cli_enroll_identify_list_remove(tmp_path_factory, face_dir, capsys):
 
 def test_identification_accuracy_on_lfw_tiny(shared_data, tmp_path_factory):
     """Enroll photos 1-5 of each of the 10 people, identify photos 6-10 (chance: 10%)."""
-    from facerec.inference.model import FaceModel
     from facerec.photos.gallery import open_for_model
 
     root = shared_data / "lfw_tiny" / "classify"
     if not root.is_dir():
         pytest.skip("lfw_tiny not found")
     real = real_checkpoint()
-    fm = FaceModel.load(real or tiny_checkpoint(tmp_path_factory))
+    fm = load(real or tiny_checkpoint(tmp_path_factory))
     aligner = None
     if real is not None:
         pytest.importorskip("facenet_pytorch")

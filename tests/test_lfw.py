@@ -20,6 +20,7 @@ from facerec.cli import gallery as cli_gallery
 from facerec.cli import photos as cli_photos
 from facerec.data.folder import DataError
 from facerec.evaluation.lfw import kfold_accuracy, lfw_report, read_lfw_pairs
+from facerec.inference.load import load
 
 
 @pytest.fixture(autouse=True)
@@ -181,7 +182,6 @@ def test_evaluate_pairs_reads_an_lfw_pair_file(shared_data, tmp_path_factory, ca
 
     from facerec.cli.main import main
     from facerec.data.memory import load_flat_images
-    from facerec.inference.model import FaceModel
 
     lfw = shared_data / "lfw_tiny"
     if not (lfw / "verify_pairs.txt").is_file():
@@ -192,7 +192,7 @@ def test_evaluate_pairs_reads_an_lfw_pair_file(shared_data, tmp_path_factory, ca
     assert main([*argv, "--root", str(lfw / "verify"), "--json", "--device", "cpu"]) == 0
     r = json.loads(capsys.readouterr().out)
     a, b, same = _lfw_by_hand(lfw / "verify_pairs.txt")
-    fm = FaceModel.load(ckpt)
+    fm = load(ckpt)
     ea = fm.embed(load_flat_images([lfw / "verify" / p for p in a], fm.image_size)).numpy().astype(np.float64)
     eb = fm.embed(load_flat_images([lfw / "verify" / p for p in b], fm.image_size)).numpy().astype(np.float64)
     if fm.scoring == "cosine":
@@ -230,11 +230,10 @@ def test_one_reader_for_both_formats(shared_data, tmp_path):
 def test_evaluate_pairs_on_the_hw2p2_format_names_the_missing_image(shared_data, tmp_path_factory):
     """The Fall 2021 val pair file parses (its images are not shipped): the error is the first missing image."""
     from facerec.evaluation.datasets import evaluate_pair_file
-    from facerec.inference.model import FaceModel
 
     hw = shared_data / "formats" / "hw2p2_f21_verification_pairs_val.txt"
     if not hw.is_file():
         pytest.skip(f"{hw} not found")
-    fm = FaceModel.load(tiny_checkpoint(tmp_path_factory))
+    fm = load(tiny_checkpoint(tmp_path_factory))
     with pytest.raises(DataError, match=r"hw2p2_f21_verification_pairs_val.txt:1: image 'verification_data/"):
         evaluate_pair_file(fm, hw, shared_data / "formats")

@@ -19,7 +19,7 @@ pytest.importorskip("fastapi")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from facerec.inference.model import FaceModel  # noqa: E402
+from facerec.inference.load import load  # noqa: E402
 from facerec.serve.app import create_app  # noqa: E402
 from test_export import make_tiny_checkpoint, photos  # noqa: E402
 from test_serve import FakeGallery  # noqa: E402
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(
 def server(tmp_path_factory) -> Iterator[str]:
     """A real uvicorn server in a thread, on a port the OS picked (bound before the thread starts: no race)."""
     tmp = tmp_path_factory.mktemp("page")
-    model = FaceModel.load(make_tiny_checkpoint(tmp / "best.pt", image_size=32))
+    model = load(make_tiny_checkpoint(tmp / "best.pt", image_size=32))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

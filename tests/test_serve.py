@@ -19,6 +19,7 @@ pytest.importorskip("python_multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from facerec.data.folder import load_image  # noqa: E402
+from facerec.inference.load import load  # noqa: E402
 from facerec.inference.model import FaceModel  # noqa: E402
 from facerec.serve.app import create_app  # noqa: E402
 from facerec.serve.ports import Unavailable  # noqa: E402
@@ -56,7 +57,7 @@ class FakeGallery:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[FaceModel, list[Path]]:
     tmp = tmp_path_factory.mktemp("serve")
-    model = FaceModel.load(make_tiny_checkpoint(tmp / "best.pt", image_size=32))
+    model = load(make_tiny_checkpoint(tmp / "best.pt", image_size=32))
     return model, photos(tmp / "img", 4)
 
 
@@ -359,7 +360,7 @@ def test_an_ensemble_serves_like_a_model(tmp_path):
 
     members = [make_tiny_checkpoint(tmp_path / f"m{i}.pt", image_size=32, seed=i) for i in range(2)]
     build_ensemble(members, tmp_path / "ens.pt", log=lambda m: None)
-    model, files = FaceModel.load(tmp_path / "ens.pt"), photos(tmp_path / "img", 2)
+    model, files = load(tmp_path / "ens.pt"), photos(tmp_path / "img", 2)
     with TestClient(create_app(model)) as c:
         info = c.get("/api/info").json()
         assert info["model"]["backbone"] == "ensemble: tiny_cnn + tiny_cnn"
