@@ -1,4 +1,8 @@
-"""Name -> constructor registries: the only module-level state in facerec (STYLE.md principle 2)."""
+"""Name -> constructor registries: the only module-level state in facerec (STYLE.md principle 2).
+
+The registries are filled where their parts live: importing `facerec.losses` registers the losses and importing
+`facerec.models` the backbones (their builders, `build_loss` and `FaceEmbedder`, import those packages).
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,6 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> Callable[..., T]:
-        _load_builtins()
         try:
             return self._entries[name]
         except KeyError:
@@ -37,12 +40,10 @@ class Registry(Generic[T]):
         return self.get(name)(**kwargs)
 
     def names(self) -> list[str]:
-        _load_builtins()
         return sorted(self._entries)
 
     def describe(self) -> dict[str, str]:
         """Name -> first line of the constructor's docstring, for `facerec list`."""
-        _load_builtins()
         out = {}
         for name in self.names():
             doc = (self._entries[name].__doc__ or "").strip().splitlines()
@@ -50,15 +51,8 @@ class Registry(Generic[T]):
         return out
 
     def __contains__(self, name: str) -> bool:
-        _load_builtins()
         return name in self._entries
 
 
 LOSSES: Registry = Registry("loss")
 BACKBONES: Registry = Registry("backbone")
-
-
-def _load_builtins() -> None:
-    """Import the modules that register the built-in backbones and losses (once; imports are cached)."""
-    import facerec.losses  # noqa: F401
-    import facerec.models.backbones  # noqa: F401

@@ -252,7 +252,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from facerec.config import describe_recipes
-    from facerec.registry import BACKBONES, LOSSES
+    from facerec.losses import LOSSES
+    from facerec.models import BACKBONES
 
     if args.what == "recipes":
         for name, text in describe_recipes().items():

@@ -16,5 +16,6 @@ from facerec.losses import (  # noqa: F401  (imported for their @LOSSES.register
     uniformface,
 )
 from facerec.losses.base import SCORINGS, CombinedLoss, EmbeddingLoss, build_combined_loss, build_loss
+from facerec.registry import LOSSES
 
-__all__ = ["SCORINGS", "CombinedLoss", "EmbeddingLoss", "build_combined_loss", "build_loss"]
+__all__ = ["LOSSES", "SCORINGS", "CombinedLoss", "EmbeddingLoss", "build_combined_loss", "build_loss"]
