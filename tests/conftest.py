@@ -23,6 +23,29 @@ def facehw_dir() -> Path:
     return Path(os.environ.get("FACEREC_DATA", shared_data_dir() / "facehw"))
 
 
+# The tiny config every training test starts from: a small network on 16x16 images, no warm-up. Seconds per run.
+TINY_CONFIG = (
+    "model.backbone=tiny_cnn",
+    "model.embedding_dim=32",
+    "data.image_size=16",
+    "data.batch_size=16",
+    "optim.warmup_epochs=0",
+)
+
+
+def tiny_overrides(*changes: str) -> list[str]:
+    """`key=value` overrides: the tiny config with `changes` applied (a key given again takes the new value)."""
+    merged = {item.split("=", 1)[0]: item for item in TINY_CONFIG}
+    merged.update((item.split("=", 1)[0], item) for item in changes)
+    return list(merged.values())
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    """The tiny config as `key=value` overrides (see `tiny_overrides` for variants)."""
+    return tiny_overrides()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that reads the shared data gets the `data` marker (`-m "not data"` runs without it)."""
     for item in items:

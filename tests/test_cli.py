@@ -10,18 +10,11 @@ import pytest
 import torch
 
 import facerec
+from conftest import tiny_overrides
 from facerec.cli.main import main
 from facerec.engine.progress import read_metrics
 
-TINY = [
-    "model.backbone=tiny_cnn",
-    "model.embedding_dim=32",
-    "data.image_size=16",
-    "data.batch_size=16",
-    "optim.lr=0.05",
-    "train.log_every=2",
-    "optim.warmup_epochs=0",
-]
+TINY = tiny_overrides("optim.lr=0.05", "train.log_every=2")
 
 
 @pytest.fixture

@@ -15,24 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_hw2p2
+from conftest import make_hw2p2, tiny_overrides
 from facerec.cli.main import main
 from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.progress import read_metrics
 
 EPOCHS = 6
-ARGS = [
-    "model.backbone=tiny_cnn",
-    "model.embedding_dim=32",
-    "data.image_size=16",
+ARGS = tiny_overrides(
     "data.batch_size=8",
     "optim.lr=0.05",
-    "optim.warmup_epochs=0",
     "train.log_every=100",
     "train.threads=1",
     "data.num_workers=1",
     f"train.epochs={EPOCHS}",
-]
+)
 # Resumed and uninterrupted runs agree to float rounding on CPU with one thread (they are bitwise equal in
 # practice); on CUDA, cudnn.benchmark and atomics make them agree only approximately.
 RTOL = 1e-5

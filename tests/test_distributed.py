@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import make_hw2p2
+from conftest import make_hw2p2, tiny_overrides
 from facerec.cli.main import main
 from facerec.config import load_config
 from facerec.data.sampler import PKBatchSampler, RandomBatchSampler
@@ -120,19 +120,15 @@ def test_two_processes_match_one_process_without_batchnorm(tmp_path: Path):
 
 # --- the CLI under torchrun vs one process -----------------------------------------------------------------------
 
-ARGS = [
-    "model.backbone=tiny_cnn",
-    "model.embedding_dim=32",
-    "data.image_size=16",
+ARGS = tiny_overrides(
     "data.batch_size=64",
     "data.augment=none",
     "optim.lr=0.01",
-    "optim.warmup_epochs=0",
     "train.epochs=2",
     "train.device=cpu",
     "train.log_every=1",
-    "train.ema=0.5",
-]  # with a weight average, kept by rank 0 alone
+    "train.ema=0.5",  # with a weight average, kept by rank 0 alone
+)
 
 
 def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, make_identity_folder
+from conftest import REPO, make_identity_folder, tiny_overrides
 from facerec.cli import benchmark as cli_benchmark
 from facerec.cli import gallery as cli_gallery
 from facerec.cli import photos as cli_photos
@@ -43,17 +43,13 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.setdefault("FACEREC_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         cfg = load_config(
             None,
-            [
+            tiny_overrides(
                 f"data.root={root}",
-                "model.backbone=tiny_cnn",
-                "model.embedding_dim=32",
-                "data.image_size=16",
                 "data.batch_size=12",
                 "train.epochs=1",
                 "train.threads=1",
-                "optim.warmup_epochs=0",
                 "data.num_workers=0",
-            ],
+            ),
         )
         train(cfg, run, log=lambda m: None)
     return run / "best.pt"

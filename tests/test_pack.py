@@ -9,22 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_identity_folder
+from conftest import make_identity_folder, tiny_overrides
 from facerec.cli.main import main
 from facerec.data.folder import DataError
 from facerec.data.memory import ImageSet
 from facerec.data.pack import is_pack, open_pack, pack_dataset, subset
 from facerec.engine.progress import read_metrics
 
-TINY = [
-    "model.backbone=tiny_cnn",
-    "model.embedding_dim=32",
-    "data.image_size=16",
-    "data.batch_size=16",
-    "optim.warmup_epochs=0",
-    "train.epochs=1",
-    "data.augment=none",
-]
+TINY = tiny_overrides("train.epochs=1", "data.augment=none")
 
 
 def test_pack_keeps_order_labels_and_reports_bad_images(tmp_path: Path):

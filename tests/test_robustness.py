@@ -21,7 +21,7 @@ from PIL import Image
 
 import facerec.engine.checkpoint as checkpoint_module
 import facerec.engine.run as pipeline
-from conftest import make_hw2p2, make_identity_folder
+from conftest import make_hw2p2, make_identity_folder, tiny_overrides
 from facerec.cli.main import main
 from facerec.config import ConfigError, config_to_dict, load_config
 from facerec.data.augment import get_preset
@@ -39,17 +39,7 @@ from facerec.losses.base import build_combined_loss
 from facerec.models.embedder import FaceEmbedder
 from facerec.outputs.submission import classification_test_ids, read_sample_submission, write_classification_csv
 
-TINY = [
-    "model.backbone=tiny_cnn",
-    "model.embedding_dim=32",
-    "data.image_size=16",
-    "data.batch_size=16",
-    "optim.lr=0.05",
-    "optim.warmup_epochs=0",
-    "train.log_every=100",
-    "train.threads=1",
-    "data.num_workers=1",
-]
+TINY = tiny_overrides("optim.lr=0.05", "train.log_every=100", "train.threads=1", "data.num_workers=1")
 
 
 def _disk_full(*args, **kwargs):
