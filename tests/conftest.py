@@ -40,12 +40,6 @@ def tiny_overrides(*changes: str) -> list[str]:
     return list(merged.values())
 
 
-@pytest.fixture
-def tiny() -> list[str]:
-    """The tiny config as `key=value` overrides (see `tiny_overrides` for variants)."""
-    return tiny_overrides()
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that reads the shared data gets the `data` marker (`-m "not data"` runs without it)."""
     for item in items:

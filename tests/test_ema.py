@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_overrides
 from facerec.cli.main import main
 from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.ema import WeightAverage
 from facerec.engine.progress import read_metrics
-from test_cli import TINY as CLI_TINY
 
-TINY = [*CLI_TINY, "train.threads=1"]
+TINY = tiny_overrides("optim.lr=0.05", "train.log_every=2", "train.threads=1")
 
 
 @pytest.fixture(autouse=True)
