@@ -116,3 +116,47 @@ def test_faiss_ranks_like_matrix(name: str, nlist: int) -> None:
     np.testing.assert_allclose(s.index_scores(values), np.take_along_axis(m, found, axis=1), atol=1e-4)
     unit = np.linalg.norm(s.index_vectors(gallery), axis=1)
     assert np.allclose(unit, 1.0) == (name == "cosine")
+
+
+def approximate_index(s: Scoring, kind: str, train: np.ndarray) -> object:
+    """An IVF or HNSW index of `s` at generous settings (every list probed; a wide graph search)."""
+    if kind == "ivf":
+        index = s.faiss_index(train.shape[1], 8)
+        index.train(train)
+        index.nprobe = 8
+        return index
+    return s.faiss_index(train.shape[1], hnsw_m=16, ef_construction=80, ef_search=64)
+
+
+@pytest.mark.parametrize("name", SCORING_NAMES)
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_top1_matches_exact_matrix(name: str, kind: str) -> None:
+    """recall@1 = 1 against `Scoring.matrix`, with the scores `index_scores` gives equal to the matrix's."""
+    faiss = pytest.importorskip("faiss")
+    s = Scoring.of(name)
+    rng = np.random.default_rng(3)
+    gallery = rng.normal(size=(600, 16)).astype(np.float32)
+    queries = gallery[rng.choice(600, 40, replace=False)] + 0.8 * rng.normal(size=(40, 16)).astype(np.float32)
+    vectors = s.index_vectors(gallery)
+    index = approximate_index(s, kind, vectors)
+    index.add(vectors)
+    values, found = index.search(s.index_vectors(queries), 5)
+    m = s.matrix(queries, gallery).numpy()
+    np.testing.assert_array_equal(found[:, 0], m.argmax(axis=1))
+    np.testing.assert_allclose(s.index_scores(values), np.take_along_axis(m, found, axis=1), atol=1e-4)
+    want = {"ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}[kind]
+    metric = faiss.METRIC_INNER_PRODUCT if name == "cosine" else faiss.METRIC_L2
+    assert isinstance(index, want) and index.metric_type == metric
+
+
+def test_hnsw_settings_and_ids() -> None:
+    faiss = pytest.importorskip("faiss")
+    s = Scoring.of("cosine")
+    index = s.faiss_index(4, hnsw_m=8, ef_construction=20, ef_search=33)
+    assert (index.hnsw.efConstruction, index.hnsw.efSearch, index.is_trained) == (20, 33, True)
+    ided = faiss.IndexIDMap(index)  # how a gallery keeps its own ids on a graph index
+    x = s.index_vectors(np.eye(4, dtype=np.float32) + 0.1)
+    ided.add_with_ids(x, np.array([10, 20, 30, 40], dtype=np.int64))
+    assert ided.search(x[2:3], 1)[1].tolist() == [[30]]
+    with pytest.raises(ValueError, match=r"nlist=4 \(IVF\) and hnsw_m=8 \(HNSW\) exclude each other"):
+        s.faiss_index(4, 4, hnsw_m=8)

@@ -8,7 +8,7 @@ only place that checks a name.
 
 Distances (`to_distance`) fall as the score rises and are never negative: 1 - cosine, or the Euclidean distance.
 FAISS (an optional extra) searches by inner product on unit-length vectors for cosine and by squared L2 distance
-for euclidean (`faiss_index`, `index_vectors`, `index_scores`).
+for euclidean (`faiss_index`: exact, IVF or HNSW; `index_vectors`, `index_scores`).
 """
 
 from __future__ import annotations
@@ -112,14 +112,31 @@ class Scoring:
         return 1.0 - distance if self.unit_length else -distance
 
     # -- FAISS ----------------------------------------------------------------------------------------------
-    def faiss_index(self, dim: int, nlist: int = 0) -> Any:
-        """An empty FAISS index for (N, dim) `index_vectors`: exact (`IndexFlatIP` for cosine, `IndexFlatL2` for
-        euclidean) or, with `nlist` > 0, an `IndexIVFFlat` of that many lists (to be trained). Needs faiss."""
+    def faiss_index(
+        self, dim: int, nlist: int = 0, *, hnsw_m: int = 0, ef_construction: int = 40, ef_search: int = 16
+    ) -> Any:
+        """An empty FAISS index for (N, dim) `index_vectors`, searched by inner product for cosine (the vectors
+        are unit length) and by L2 distance for euclidean. Needs faiss.
+
+        * exact by default: `IndexFlatIP` / `IndexFlatL2`;
+        * `nlist` > 0: an `IndexIVFFlat` of that many inverted lists (Jegou et al. 2011), to be trained on
+          the vectors before adding; set `index.nprobe` (lists searched per query, default 1) before searching;
+        * `hnsw_m` > 0: an `IndexHNSWFlat` graph (Malkov & Yashunin 2018, arXiv:1603.09320) with `hnsw_m`
+          links per vector, each insertion weighing `ef_construction` candidates, each search `ef_search`
+          (`index.hnsw.efSearch`, may be changed later). It needs no training, but it takes no `remove_ids`:
+          wrap it in an `IndexIDMap` for ids and rebuild it to delete.
+        """
+        if nlist > 0 and hnsw_m > 0:
+            raise ValueError(f"nlist={nlist} (IVF) and hnsw_m={hnsw_m} (HNSW) exclude each other; set one")
         faiss = _faiss()
+        kind = faiss.METRIC_INNER_PRODUCT if self.unit_length else faiss.METRIC_L2
+        if hnsw_m > 0:
+            index = faiss.IndexHNSWFlat(dim, hnsw_m, kind)
+            index.hnsw.efConstruction, index.hnsw.efSearch = ef_construction, ef_search
+            return index
         flat = faiss.IndexFlatIP(dim) if self.unit_length else faiss.IndexFlatL2(dim)
         if nlist <= 0:
             return flat
-        kind = faiss.METRIC_INNER_PRODUCT if self.unit_length else faiss.METRIC_L2
         return faiss.IndexIVFFlat(flat, dim, nlist, kind)  # the IVF index keeps a reference to its quantizer
 
     def index_vectors(self, embeddings: Any) -> np.ndarray:
