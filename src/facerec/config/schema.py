@@ -58,7 +58,7 @@ class ModelConfig:
     backbone: str = "facenet_s"
     embedding_dim: int = _limit(256, 1)
     dropout: float = _limit(0.0, 0.0, 1.0, open_hi=True)  # dropout before the embedding layer
-    neck: str = _choice("pool", "flatten")  # pool | flatten (see models/embedder.py)
+    neck: str = _choice("pool", "flatten", "gdc")  # pool | flatten | gdc (see models/embedder.py)
 
 
 @dataclass

@@ -94,6 +94,7 @@ def architecture(run: Path, cfg: dict, start: dict) -> str:
     neck = {
         "pool": "global average pooling of the last feature map",
         "flatten": "the last feature map flattened (keeps where each feature is)",
+        "gdc": "a global depthwise convolution of the last feature map (a learned weighting of its positions)",
     }.get(model.get("neck", "pool"), f"neck {model.get('neck')!r}")
     text = (
         f"## Architecture\n\nBackbone `{model.get('backbone', '?')}`; BatchNorm and dropout "
