@@ -53,7 +53,7 @@ def test_enroll_identify_remove_round_trip(tmp_path, metric):
 
 def test_unknown_below_threshold_and_wrong_inputs(tmp_path):
     centres, photos = _people(3)
-    g = Gallery.open(tmp_path / "g", "cosine", 16)
+    g = Gallery.open(tmp_path / "g", "cosine", 16, fingerprint="one")
     for i, emb in enumerate(photos):
         g.add(f"p{i}", emb)
     stranger = np.random.default_rng(9).normal(size=(1, 16)).astype(np.float32)
@@ -61,8 +61,6 @@ def test_unknown_below_threshold_and_wrong_inputs(tmp_path):
     assert r[0]["name"] == "p0" and r[1]["name"] == "unknown" and len(r[1]["matches"]) == 3
     with pytest.raises(ValueError, match=r"\(N, 16\)"):
         g.add("x", np.zeros((2, 8)))
-    g.meta["fingerprint"] = "one"
-    g.save()
     with pytest.raises(DataError, match="another model"):
         Gallery.open(tmp_path / "g", fingerprint="other")
     with pytest.raises(DataError, match="not a gallery"):
@@ -120,6 +118,13 @@ def test_cli_enroll_identify_list_remove(tmp_path_factory, face_dir, capsys):
     assert run_cli(["gallery", "remove", "alice", "--gallery", gal]) == 0
     assert run_cli(["gallery", "list", "--gallery", gal]) == 0
     assert "alice" not in capsys.readouterr().out.split("photos")[-1]
+    assert run_cli(["gallery", "rename", "bob", "Bob B", "--gallery", gal]) == 0
+    assert run_cli(["gallery", "reindex", "--index", "hnsw", "--ef-search", "32", "--gallery", gal]) == 0
+    assert run_cli(["gallery", "list", "--gallery", gal]) == 0
+    out = capsys.readouterr().out
+    assert "renamed bob to Bob B: 4 photos" in out and "hnsw index" in out and "     4  Bob B" in out
+    with pytest.raises(DataError, match="give both names"):
+        run_cli(["gallery", "rename", "carol", "--gallery", gal])
     with pytest.raises(DataError, match="NAME PHOTO"):
         run_cli(["enroll", "--gallery", gal, "--checkpoint", ckpt])
 

@@ -271,7 +271,7 @@ def test_facerec_gallery_behind_the_endpoints(setup, tmp_path):
         assert c.delete("/api/identities/ann").json()["removed"] == 1
         assert c.delete("/api/identities/ann").status_code == 404
         assert c.get("/api/identities").json() == {"identities": ["ben"]}
-    assert (tmp_path / "gallery" / "gallery.json").is_file()  # saved after each change
+    assert (tmp_path / "gallery" / "gallery.db").is_file()  # committed after each change
 
 
 def test_real_aligner_on_real_faces(setup, facehw):

@@ -1,5 +1,6 @@
-"""`facerec enroll`, `facerec identify` and `facerec gallery`: a gallery of known people (photos.gallery, FAISS)
-fed and searched with photos, aligned by default (wiring only)."""
+"""`facerec enroll`, `facerec identify` and `facerec gallery`: a gallery of known people (photos.gallery: SQLite +
+FAISS; several commands and a server may use one at once) fed and searched with photos, aligned by default
+(wiring only)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from facerec.data.folder import DataError
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the `enroll`, `identify` and `gallery` subcommands to facerec's parser."""
-    p = sub.add_parser("enroll", help="add a person's photos to a gallery (FAISS index + metadata)")
+    p = sub.add_parser("enroll", help="add a person's photos to a gallery (a database + a FAISS index)")
     p.add_argument("name", nargs="?", help="the person's name")
     p.add_argument("photos", nargs="*", help="photos (or folders of photos) of that person")
     p.add_argument("--folder", help="enroll every identity folder of this root (name = folder name) instead")
-    p.add_argument("--gallery", required=True, help="gallery folder (created on first enroll)")
+    p.add_argument(
+        "--gallery", required=True, help="gallery folder (created on first enroll; other processes may share it)"
+    )
     add_model_flags(p)
     add_align_flags(p)
 
@@ -36,15 +39,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_model_flags(p)
     add_align_flags(p)
 
-    p = sub.add_parser("gallery", help="list, remove or re-index the people of a gallery")
-    p.add_argument("action", choices=["list", "remove", "reindex"])
-    p.add_argument("name", nargs="?", help="person to remove")
+    p = sub.add_parser("gallery", help="list, remove, rename or re-index the people of a gallery")
+    p.add_argument("action", choices=["list", "remove", "rename", "reindex"])
+    p.add_argument("name", nargs="?", help="remove / rename: the person")
+    p.add_argument("new_name", nargs="?", help="rename: the new name")
     p.add_argument("--gallery", required=True)
     p.add_argument(
-        "--index", choices=["flat", "ivf"], default="flat", help="reindex: exact search or IVF (large galleries)"
+        "--index",
+        choices=["flat", "ivf", "hnsw"],
+        default="flat",
+        help="reindex: exact search, IVF or HNSW (approximate, for large galleries); every process then uses it",
     )
     p.add_argument("--nlist", type=int, help="reindex --index ivf: number of lists (default ~4 sqrt(N))")
     p.add_argument("--nprobe", type=int, help="reindex --index ivf: lists searched per query (default 8)")
+    p.add_argument("--hnsw-m", type=int, help="reindex --index hnsw: links per vector (default 32)")
+    p.add_argument("--ef-search", type=int, help="reindex --index hnsw: candidates per search (default 64)")
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -60,16 +69,16 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     else:
         raise DataError("give NAME PHOTO... (one person), or --folder DIR (one identity folder per person)")
     fm, log = load_model(args), log_for(args)
-    gallery = open_for_model(args.gallery, fm, create=True)
-    for name, photos in people.items():
-        try:
-            es = embed_for(args, fm, photos, progress=False)
-        except DataError as err:
-            raise DataError(f"no usable photo of {name!r}: {err}; nothing enrolled") from None
-        report_skipped(es, log)
-        gallery.add(name, es.embeddings, es.paths)
-        log(f"enrolled {name}: {len(es)} photos ({gallery.people()[name]} stored)")
-    gallery.save()
+    with open_for_model(args.gallery, fm, create=True) as gallery:
+        for name, photos in people.items():
+            try:
+                es = embed_for(args, fm, photos, progress=False)
+            except DataError as err:
+                raise DataError(f"no usable photo of {name!r}: {err}; nothing enrolled") from None
+            report_skipped(es, log)
+            gallery.add(name, es.embeddings, es.paths)  # one transaction: committed when it returns
+            log(f"enrolled {name}: {len(es)} photos ({gallery.people().get(name, 0)} stored)")
+        gallery.save()  # the index cache, for the next command
     return 0
 
 
@@ -78,11 +87,11 @@ def cmd_identify(args: argparse.Namespace) -> int:
     from facerec.photos.gallery import identify, open_for_model
 
     fm, log = load_model(args), log_for(args)
-    gallery = open_for_model(args.gallery, fm)
-    es = embed_for(args, fm, list_inputs(args.photos), progress=False)
-    report_skipped(es, log)
-    threshold = args.threshold if args.threshold is not None else fm.threshold
-    results = identify(gallery, es.embeddings, args.k, threshold)
+    with open_for_model(args.gallery, fm) as gallery:
+        es = embed_for(args, fm, list_inputs(args.photos), progress=False)
+        report_skipped(es, log)
+        threshold = args.threshold if args.threshold is not None else fm.threshold
+        results = identify(gallery, es.embeddings, args.k, threshold)
     for p, r in zip(es.paths, results):
         r["photo"] = p
         r["threshold"] = threshold
@@ -100,21 +109,26 @@ def cmd_identify(args: argparse.Namespace) -> int:
 def cmd_gallery(args: argparse.Namespace) -> int:
     from facerec.photos.gallery import Gallery
 
-    gallery = Gallery.open(args.gallery)
-    if args.action == "list":
-        people = gallery.people()
-        print(f"{len(people)} people, {len(gallery)} photos ({gallery.metric}, {gallery.meta['index']} index)")
-        for name, count in people.items():
-            print(f"{count:6d}  {name}")
-        return 0
-    if args.action == "remove":
-        if not args.name:
-            raise DataError("facerec gallery remove NAME --gallery DIR: give the NAME to remove")
-        print(f"removed {args.name}: {gallery.remove(args.name)} photos")
-    else:
-        gallery.reindex(args.index, args.nlist, args.nprobe)
-        print(f"rebuilt a {args.index} index over {len(gallery)} photos")
-    gallery.save()
+    with Gallery.open(args.gallery) as gallery:
+        if args.action == "list":
+            people = gallery.people()
+            kind = gallery.meta["index"]
+            print(f"{len(people)} people, {sum(people.values())} photos ({gallery.metric}, {kind} index)")
+            for name, count in people.items():
+                print(f"{count:6d}  {name}")
+            return 0
+        if args.action == "remove":
+            if not args.name:
+                raise DataError("facerec gallery remove NAME --gallery DIR: give the NAME to remove")
+            print(f"removed {args.name}: {gallery.remove(args.name)} photos")
+        elif args.action == "rename":
+            if not (args.name and args.new_name):
+                raise DataError("facerec gallery rename NAME NEW_NAME --gallery DIR: give both names")
+            print(f"renamed {args.name} to {args.new_name}: {gallery.rename(args.name, args.new_name)} photos")
+        else:
+            gallery.reindex(args.index, args.nlist, args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
+            print(f"rebuilt a {args.index} index over {len(gallery)} photos")
+        gallery.save()
     return 0
 
 

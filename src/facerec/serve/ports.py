@@ -55,39 +55,40 @@ class Unavailable:
 
 
 class FacerecGallery:
-    """Adapts photos.gallery.Gallery (a FAISS index in a folder) to the `Gallery` interface: one lock around
-    every call (requests run in a threadpool) and a save after every change."""
+    """Adapts photos.gallery.Gallery (gallery.db + a FAISS index) to the `Gallery` interface. Each change is one
+    database transaction, so CLI commands (or other servers) may use the same folder at the same time, and every
+    identify sees what they committed. The Gallery has its own lock (requests run in a threadpool)."""
 
     def __init__(self, impl: Any) -> None:
         self.impl = impl
-        self.lock = threading.Lock()
 
     def enroll(self, identity: str, embeddings: torch.Tensor) -> int:
-        with self.lock:
-            self.impl.add(identity, embeddings)
-            self.impl.save()
-            return int(self.impl.people()[identity])
+        self.impl.add(identity, embeddings)
+        return int(self.impl.people().get(identity, 0))
 
     def identify(self, embeddings: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
-        with self.lock:
+        from facerec.errors import DataError
+
+        try:
+            rows = self.impl.search(embeddings, k)
+        except DataError:  # empty (perhaps just emptied by another process)
             if len(self.impl) == 0:
                 return [[] for _ in range(len(embeddings))]
-            return [[(m.name, float(m.score)) for m in row] for row in self.impl.search(embeddings, k)]
+            raise
+        return [[(m.name, float(m.score)) for m in row] for row in rows]
 
     def remove(self, identity: str) -> int:
-        from facerec.data.folder import DataError
+        from facerec.errors import DataError
 
-        with self.lock:
-            try:
-                removed = int(self.impl.remove(identity))
-            except DataError:  # not enrolled
+        try:
+            return int(self.impl.remove(identity))
+        except DataError:
+            if identity not in self.impl.people():  # not enrolled (not: a damaged or busy database)
                 return 0
-            self.impl.save()
-            return removed
+            raise
 
     def identities(self) -> list[str]:
-        with self.lock:
-            return list(self.impl.people())
+        return list(self.impl.people())
 
 
 def load_gallery(model: Model, folder: str | Path | None) -> Gallery | Unavailable:
@@ -98,7 +99,7 @@ def load_gallery(model: Model, folder: str | Path | None) -> Gallery | Unavailab
             "identify / enroll / delete"
         )
     try:
-        from facerec.data.folder import DataError
+        from facerec.errors import DataError
         from facerec.photos import gallery as gallery_module
 
         fingerprint = getattr(model, "fingerprint", None)  # ties the gallery to the model (inference.protocol)

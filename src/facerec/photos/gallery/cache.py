@@ -1,0 +1,178 @@
+"""The FAISS index of a gallery: built from gallery.db, kept in `index.cache` only to open large galleries fast.
+
+`index.cache` is derived data. Its header names the database it came from (`uid`), the index kind and the epoch
+it was chosen at, and the database `version` it reflects; a payload checksum guards the rest. A cache of another
+database or epoch, from the future, truncated or corrupt, is ignored and the index is rebuilt from the database;
+one that is only behind is brought up to date by ids (photo ids are never reused). It is written atomically:
+a temporary file, fsync, rename, so a reader finds the old cache or the new one, never half of one.
+
+Index kinds (all searched through `Scoring`: inner product on unit vectors for cosine, L2 for euclidean):
+`flat` (exact, `IndexIDMap` over `IndexFlat*`), `ivf` (`IndexIVFFlat` over centroids stored in the database, so
+every process builds the same lists without training), `hnsw` (`IndexHNSWFlat` in an `IndexIDMap`; it cannot
+remove vectors, so a removal rebuilds it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import struct
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facerec.metrics.scoring import FAISS_HINT, Scoring
+from facerec.photos.gallery.settings import Settings
+
+CACHE_NAME = "index.cache"
+_MAGIC = b"facerec-gallery-index\n"
+_STALE_TEMP_S = 3600.0  # a temporary file this old belongs to a process that died: remove it
+
+
+def faiss() -> Any:
+    try:
+        import faiss as module
+    except ImportError as err:
+        raise ImportError(f"{FAISS_HINT} ({err})") from None
+    return module
+
+
+def empty_index(s: Settings, centroids: np.ndarray | None) -> Any:
+    """An empty index of the gallery's kind that takes `add_with_ids`; an IVF one uses the stored centroids (an
+    IVF gallery without them, which `reindex` never leaves, is searched exactly)."""
+    scoring = Scoring.of(s.metric)
+    if s.index == "ivf" and centroids is not None and len(centroids) == s.nlist:
+        index = scoring.faiss_index(s.dim, s.nlist)
+        index.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        index.is_trained = True  # an IVF-Flat index learns nothing but its quantizer
+        return index
+    if s.index == "hnsw":
+        return faiss().IndexIDMap(scoring.faiss_index(s.dim, hnsw_m=s.hnsw_m, ef_search=s.ef_search))
+    return faiss().IndexIDMap(scoring.faiss_index(s.dim))
+
+
+def configure(index: Any, s: Settings) -> None:
+    """Set the search-time parameters recorded in the database (IVF nprobe, HNSW efSearch)."""
+    inner = faiss().downcast_index(index)
+    if isinstance(inner, faiss().IndexIVF):
+        inner.nprobe = max(1, s.nprobe)
+    elif isinstance(inner, faiss().IndexIDMap):
+        sub = faiss().downcast_index(inner.index)
+        if hasattr(sub, "hnsw"):
+            sub.hnsw.efSearch = max(1, s.ef_search)
+
+
+def removes(index: Any) -> bool:
+    """Whether `index.remove_ids` works (HNSW graphs cannot delete)."""
+    inner = faiss().downcast_index(index)
+    sub = faiss().downcast_index(inner.index) if isinstance(inner, faiss().IndexIDMap) else inner
+    return not hasattr(sub, "hnsw")
+
+
+def train_centroids(metric: str, vectors: np.ndarray, nlist: int) -> np.ndarray:
+    """k-means centroids (nlist, D) of the stored (N, D) vectors for an IVF index (FAISS's fixed seed)."""
+    index = Scoring.of(metric).faiss_index(vectors.shape[1], nlist)
+    index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index.quantizer.reconstruct_n(0, nlist)
+
+
+@dataclass
+class Cached:
+    """An index and what it holds: photo ids (N,) ascending and their owners (N,) (person ids), at `version`."""
+
+    index: Any
+    ids: np.ndarray
+    owners: np.ndarray
+    version: int
+    key: tuple[str, int]  # (index kind, epoch)
+
+
+def read(path: Path, s: Settings) -> Cached | None:
+    """The cache at `path` if it belongs to this database and index epoch and is not ahead of it, else None."""
+    try:
+        data = path.read_bytes()
+        if not data.startswith(_MAGIC):
+            return None
+        start = len(_MAGIC) + 4
+        (size,) = struct.unpack("<I", data[len(_MAGIC) : start])
+        head = json.loads(data[start : start + size])
+        body = memoryview(data)[start + size :]
+        if zlib.crc32(body) != head["crc32"]:
+            return None
+        if (head["uid"], head["kind"], head["epoch"], head["dim"]) != (s.uid, s.index, s.epoch, s.dim):
+            return None
+        if head["version"] > s.version:
+            return None
+        n = int(head["n"])
+        ids = np.frombuffer(body[: 8 * n], dtype=np.int64).copy()
+        owners = np.frombuffer(body[8 * n : 16 * n], dtype=np.int64).copy()
+        index = faiss().deserialize_index(np.frombuffer(body[16 * n :], dtype=np.uint8))
+        if index.ntotal != n or index.d != s.dim or (n and np.any(np.diff(ids) <= 0)):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, struct.error):  # missing or damaged: rebuild
+        return None
+    return Cached(index, ids, owners, int(head["version"]), (s.index, s.epoch))
+
+
+def write(path: Path, s: Settings, cached: Cached) -> bool:
+    """Write the cache atomically (temp file, fsync, rename); False, with a warning, when it cannot be written
+    (a read-only folder, a full disk): the gallery works without it."""
+    ids, owners = np.ascontiguousarray(cached.ids, np.int64), np.ascontiguousarray(cached.owners, np.int64)
+    body = ids.tobytes() + owners.tobytes() + faiss().serialize_index(cached.index).tobytes()
+    head = {
+        "uid": s.uid,
+        "kind": cached.key[0],
+        "epoch": cached.key[1],
+        "dim": s.dim,
+        "version": cached.version,
+        "n": len(ids),
+        "crc32": zlib.crc32(body),
+    }
+    raw = json.dumps(head).encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_MAGIC + struct.pack("<I", len(raw)) + raw)
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(
+            f"could not write the gallery's index cache {path} ({err}); it is rebuilt when needed", stacklevel=3
+        )
+        return False
+    return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sweep(folder: Path) -> None:
+    """Remove temporary files (a database being created, a cache being written) left by processes that died."""
+    now = time.time()
+    for tmp in folder.glob(".*.tmp*"):  # also a temporary database's -wal and -shm
+        try:
+            if now - tmp.stat().st_mtime > _STALE_TEMP_S:
+                tmp.unlink()
+        except OSError:
+            pass

@@ -1,0 +1,81 @@
+"""A process's in-memory FAISS index of a gallery, kept in step with gallery.db.
+
+Before each search (and save) the mirror compares its version with the database's. When another process has
+committed since, it catches up inside one read snapshot: it drops the photos removed since (an HNSW graph, which
+cannot delete, is rebuilt) and adds the ones enrolled since, found by id alone because ids only grow. On first use,
+or when another index kind was chosen, it starts from `index.cache` if that belongs to this database and epoch
+(cache.read), else from an empty index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from facerec.errors import DataError
+from facerec.photos.gallery import cache
+from facerec.photos.gallery.settings import ADVICE, Settings
+from facerec.photos.gallery.store import Store
+
+
+class Mirror:
+    """The index (`state`), person id -> name (`names`) and the most photos of one person (`per_name`), all as of
+    `state.version`. Not thread-safe: the Gallery holds its lock around every call."""
+
+    def __init__(self, db: Store, path: Path) -> None:
+        self.db, self.path = db, path
+        self.settings: Settings = db.settings()
+        self.state: cache.Cached | None = None
+        self.names: dict[int, str] = {}
+        self.per_name = 0
+        self.saved = -1  # the version written to (or read from) the cache file by this mirror
+
+    def sync(self) -> cache.Cached:
+        """The index at the database's current version."""
+        with self.db.snapshot():
+            s = self.db.settings()
+            state = self.state
+            if state is not None and state.version == s.version:
+                return state
+            if state is None or state.key != (s.index, s.epoch):  # first use, or another index kind was chosen
+                state = cache.read(self.path, s)
+                self.saved = state.version if state is not None else -1
+                state = state or self._empty(s)
+            names = self.db.names()
+            self._catch_up(state, s)
+        if not np.isin(state.owners, np.fromiter(names, np.int64, len(names))).all():
+            raise DataError(f"{self.db.path}: some photos belong to no one in table people; {ADVICE}")
+        cache.configure(state.index, s)
+        self.state, self.settings, self.names = state, s, names
+        self.per_name = int(np.unique(state.owners, return_counts=True)[1].max()) if len(state.owners) else 0
+        return state
+
+    def save(self) -> None:
+        """Write the cache file if it is behind this mirror (atomically; a failure only warns)."""
+        state = self.sync()
+        if self.saved != state.version and cache.write(self.path, self.settings, state):
+            self.saved = state.version
+
+    def _empty(self, s: Settings) -> cache.Cached:
+        centroids = self.db.centroids(s.dim) if s.index == "ivf" else None
+        empty = np.zeros(0, np.int64)
+        return cache.Cached(cache.empty_index(s, centroids), empty, empty, -1, (s.index, s.epoch))
+
+    def _catch_up(self, state: cache.Cached, s: Settings) -> None:
+        """Drop the photos removed since `state.version` and add the ones enrolled since (ids only grow)."""
+        top = int(state.ids[-1]) if len(state.ids) else -1
+        if len(state.ids) != self.db.count(up_to=top):  # some were removed
+            alive = self.db.ids(top)
+            if cache.removes(state.index):
+                state.index.remove_ids(np.setdiff1d(state.ids, alive))
+                keep = np.isin(state.ids, alive)
+                state.ids, state.owners = state.ids[keep], state.owners[keep]
+            else:  # HNSW: rebuild
+                fresh = self._empty(s)
+                state.index, state.ids, state.owners, top = fresh.index, fresh.ids, fresh.owners, -1
+        ids, owners, vectors = self.db.rows(top, s.dim)
+        if len(ids):
+            state.index.add_with_ids(vectors, ids)
+            state.ids, state.owners = np.concatenate([state.ids, ids]), np.concatenate([state.owners, owners])
+        state.version = s.version

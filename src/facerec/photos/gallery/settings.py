@@ -1,0 +1,94 @@
+"""The `meta` table of gallery.db: what every process needs to search a gallery the same way, and its checks.
+
+Keys: `format`, `schema`, a random `uid` (names the database in its index cache), `metric`, `dim`,
+`fingerprint` (the model's weights), the index kind and its parameters (`index`, `nlist`, `nprobe`, `hnsw_m`,
+`ef_search`, `centroids`: an IVF quantizer's (nlist, dim) float32 blob), `epoch` (the version at which the index
+kind was chosen), `next_id` (the next photo id) and `version` (raised by every write transaction).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from facerec.errors import DataError
+from facerec.metrics.scoring import SCORING_NAMES
+
+FORMAT = "facerec-gallery"
+SCHEMA = 2  # 1 was the folder of gallery.json + vectors.npy + ids.npy + index.faiss (photos.gallery.legacy)
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The `meta` table, checked: what every process needs to search the gallery the same way."""
+
+    uid: str
+    metric: str
+    dim: int
+    fingerprint: str | None
+    index: str  # one of INDEX_KINDS
+    nlist: int  # IVF lists (0 unless ivf)
+    nprobe: int  # IVF lists searched per query
+    hnsw_m: int  # HNSW links per vector (0 unless hnsw)
+    ef_search: int  # HNSW candidates per search
+    epoch: int  # the version at which the index kind was last chosen: a cache of another epoch is rebuilt
+    version: int
+
+
+# the index settings of an exact search; `reindex` starts from these
+FLAT_INDEX: dict[str, object] = {
+    "index": "flat",
+    "nlist": 0,
+    "nprobe": 0,
+    "hnsw_m": 0,
+    "ef_search": 0,
+    "centroids": None,
+}
+
+
+def new_meta(metric: str, dim: int, fingerprint: str | None) -> dict[str, object]:
+    """The meta rows of an empty gallery with an exact index."""
+    if type(dim) is not int or not 0 < dim <= 1 << 16:
+        raise ValueError(f"a gallery's embedding size must be an int in 1..65536, not {dim!r}")
+    head = {"format": FORMAT, "schema": SCHEMA, "uid": secrets.token_hex(8), "metric": metric, "dim": int(dim)}
+    return {
+        **head,
+        "fingerprint": fingerprint,
+        **FLAT_INDEX,
+        "epoch": 0,
+        "next_id": 0,
+        "version": 0,
+        "created": time.time(),
+    }
+
+
+ADVICE = (
+    "gallery.db IS the gallery (index.cache is only rebuilt from it): restore it from a backup, or move it "
+    "away and enroll the people again"
+)
+
+
+def check(meta: dict[str, object], path: Path) -> Settings:
+    """Settings from the meta rows; DataError naming the file and the bad key."""
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{path} is not a facerec gallery database (format {meta.get('format')!r}); {ADVICE}")
+    if not isinstance(meta.get("schema"), int) or meta["schema"] > SCHEMA:
+        raise DataError(
+            f"{path} has gallery schema {meta.get('schema')!r}; this facerec reads up to schema {SCHEMA}: "
+            "upgrade facerec"
+        )
+    limits = {"dim": 1 << 16, "nlist": 1 << 24, "nprobe": 1 << 24, "hnsw_m": 512, "ef_search": 1 << 24}
+    ints = ("dim", "nlist", "nprobe", "hnsw_m", "ef_search", "epoch", "version", "next_id")
+    bad = [k for k in ints if not isinstance(meta.get(k), int) or not 0 <= meta[k] <= limits.get(k, 1 << 62)]
+    if meta.get("metric") not in SCORING_NAMES:
+        bad.append("metric")
+    if meta.get("index") not in INDEX_KINDS:
+        bad.append("index")
+    if not isinstance(meta.get("uid"), str) or not isinstance(meta.get("fingerprint"), (str, type(None))):
+        bad.append("uid/fingerprint")
+    if bad or meta["dim"] == 0:
+        raise DataError(f"{path}: bad gallery settings {bad or ['dim']} in table meta; {ADVICE}")
+    return Settings(**{k: meta[k] for k in Settings.__dataclass_fields__})  # type: ignore[arg-type]
