@@ -206,6 +206,9 @@ def test_a_handle_sees_what_another_committed(tmp_path):
         a.rename("p8", "seven")
     with pytest.raises(DataError, match="not in the gallery"):
         a.rename("nobody", "x")
+    for bad in ({"nprobe": -1}, {"nlist": -2}, {"hnsw_m": 10_000}):  # refused before anything is stored
+        with pytest.raises(ValueError, match=f"reindex {next(iter(bad))}="):
+            a.reindex("ivf" if "hnsw_m" not in bad else "hnsw", **bad)
     a.reindex("ivf", nlist=3, nprobe=3)
     assert isinstance(faiss.downcast_index(b.index), faiss.IndexIVFFlat) and b.index.nprobe == 3
     assert a.remove("p3") == 3 and b.search(_photos("p3")[:1], k=1)[0][0].name != "p3"

@@ -68,14 +68,17 @@ class Gallery:
             legacy.retire(folder)
         cache.sweep(folder)
         g = cls(folder, Store(folder / DB_NAME))
-        stored = g._settings.fingerprint
-        if fingerprint is not None and stored not in (None, fingerprint):
+        try:
+            stored = g._settings.fingerprint
+            if fingerprint is not None and stored not in (None, fingerprint):
+                raise DataError(
+                    f"gallery {folder} was built with another model (fingerprint {stored}, this one "
+                    f"{fingerprint}); use the checkpoint it was built with, or a new --gallery"
+                )
+            g.save()  # builds the index (from the cache when it is current) and refreshes the cache
+        except BaseException:
             g.close()
-            raise DataError(
-                f"gallery {folder} was built with another model (fingerprint {stored}, this one {fingerprint}); "
-                "use the checkpoint it was built with, or a new --gallery"
-            )
-        g.save()  # builds the index (from the cache when it is current) and refreshes the cache
+            raise
         return g
 
     def close(self) -> None:
@@ -191,6 +194,11 @@ class Gallery:
         2018; removals rebuild it)."""
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+        given = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search}
+        for key, value in given.items():
+            top = settings.LIMITS[key]
+            if value is not None and (type(value) is not int or not 0 <= value <= top):
+                raise ValueError(f"reindex {key}={value!r}: give an int in 1..{top} (or 0 / None: the default)")
         values = {**settings.FLAT_INDEX, "index": kind}
         with self._lock:
             if kind == "ivf":

@@ -19,6 +19,8 @@ from facerec.metrics.scoring import SCORING_NAMES
 FORMAT = "facerec-gallery"
 SCHEMA = 2  # 1 was the folder of gallery.json + vectors.npy + ids.npy + index.faiss (photos.gallery.legacy)
 INDEX_KINDS = ("flat", "ivf", "hnsw")
+# largest values (sane for FAISS, which takes C ints); the counters (version, next_id) go up to 2**62
+LIMITS = {"dim": 1 << 16, "nlist": 1 << 24, "nprobe": 1 << 24, "hnsw_m": 512, "ef_search": 1 << 24}
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,8 @@ FLAT_INDEX: dict[str, object] = {
 
 def new_meta(metric: str, dim: int, fingerprint: str | None) -> dict[str, object]:
     """The meta rows of an empty gallery with an exact index."""
-    if type(dim) is not int or not 0 < dim <= 1 << 16:
-        raise ValueError(f"a gallery's embedding size must be an int in 1..65536, not {dim!r}")
+    if type(dim) is not int or not 0 < dim <= LIMITS["dim"]:
+        raise ValueError(f"a gallery's embedding size must be an int in 1..{LIMITS['dim']}, not {dim!r}")
     head = {"format": FORMAT, "schema": SCHEMA, "uid": secrets.token_hex(8), "metric": metric, "dim": int(dim)}
     return {
         **head,
@@ -80,9 +82,8 @@ def check(meta: dict[str, object], path: Path) -> Settings:
             f"{path} has gallery schema {meta.get('schema')!r}; this facerec reads up to schema {SCHEMA}: "
             "upgrade facerec"
         )
-    limits = {"dim": 1 << 16, "nlist": 1 << 24, "nprobe": 1 << 24, "hnsw_m": 512, "ef_search": 1 << 24}
     ints = ("dim", "nlist", "nprobe", "hnsw_m", "ef_search", "epoch", "version", "next_id")
-    bad = [k for k in ints if not isinstance(meta.get(k), int) or not 0 <= meta[k] <= limits.get(k, 1 << 62)]
+    bad = [k for k in ints if not isinstance(meta.get(k), int) or not 0 <= meta[k] <= LIMITS.get(k, 1 << 62)]
     if meta.get("metric") not in SCORING_NAMES:
         bad.append("metric")
     if meta.get("index") not in INDEX_KINDS:
