@@ -62,8 +62,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"refusing to load {path}: it contains objects other than tensors and plain values ({err}). "
             "Only load checkpoints written by facerec from sources you trust."
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({err})") from None
+    except Exception as err:  # torch's reader and its restricted unpickler fail in many ways on a damaged file
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a facerec checkpoint (no 'format': 'facerec' entry)")
     return state

@@ -6,6 +6,7 @@ any model file with `facerec.load` (inference/load.py), which also opens ONNX ex
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from facerec.config import Config, config_from_dict, config_to_dict
 from facerec.data.images import ImageLike, decode_batch
 from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.evaluate import class_scores, embed
+from facerec.errors import CheckpointError, FacerecError
 from facerec.inference.ensemble import EnsembleEmbedder, WithMemberEmbeddings, check_compatible
 from facerec.inference.network import ClassHead, EnsembleHead, log_prob_mean, loss_from_state, network_from_state
 from facerec.inference.protocol import Images, PairVerifier, Verdict, top_k, weights_fingerprint
@@ -65,8 +67,8 @@ class FaceModel(PairVerifier):
             loss_from_state(state, cfg),
             cfg,
             list(state["classes"]),
-            state.get("scoring", "cosine"),
-            state.get("threshold"),
+            Scoring.of(state.get("scoring", "cosine"), key="scoring of the model").name,
+            stored_threshold(state.get("threshold")),
             None if protos is None else protos.float(),
             str(device),
         )
@@ -119,7 +121,7 @@ class EnsembleFaceModel(FaceModel):
     @classmethod
     def from_state(cls, state: dict[str, Any], device: str = "cpu") -> EnsembleFaceModel:
         members = [FaceModel.from_state(s, device) for s in state["ensemble"]]
-        return cls(members, state.get("threshold"))
+        return cls(members, stored_threshold(state.get("threshold")))
 
     def class_scores(self, images: Images, flip: bool = True) -> torch.Tensor:
         """(N, C) probabilities over the identities: the normalised geometric mean of the members'
@@ -147,6 +149,15 @@ class EnsembleFaceModel(FaceModel):
         }
 
 
+def stored_threshold(value: Any) -> float | None:
+    """A model's stored threshold: None or a number (ValueError for anything else: a damaged file)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"the stored threshold {value!r} is not a number")
+    return float(value)
+
+
 def model_from_state(state: dict[str, Any], device: str = "cpu") -> FaceModel:
     """A checkpoint's content -> FaceModel, or EnsembleFaceModel for an ensemble file."""
     if "ensemble" in state:
@@ -155,5 +166,15 @@ def model_from_state(state: dict[str, Any], device: str = "cpu") -> FaceModel:
 
 
 def load_model_file(path: str | Path, device: str = "cpu") -> FaceModel:
-    """A run checkpoint, an exported .pt model file or an ensemble file -> FaceModel / EnsembleFaceModel."""
-    return model_from_state(load_checkpoint(path, map_location=device), device)
+    """A run checkpoint, an exported .pt model file or an ensemble file -> FaceModel / EnsembleFaceModel.
+    CheckpointError when the file is not one, or its content does not make a model (a damaged file)."""
+    state = load_checkpoint(path, map_location=device)
+    try:
+        return model_from_state(state, device)
+    except FacerecError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path} is damaged: its content does not make a facerec model ({type(err).__name__}: {err}); "
+            "use the checkpoint or model file it was copied from"
+        ) from None

@@ -21,9 +21,10 @@ import torch
 from facerec.config import config_from_dict
 from facerec.data.images import decode_batch
 from facerec.engine.checkpoint import CheckpointError
-from facerec.inference.model import FaceModel, load_model_file
+from facerec.inference.model import FaceModel, load_model_file, stored_threshold
 from facerec.inference.protocol import Images, PairVerifier
 from facerec.inference.sidecar import CLASS_HEAD_KEY, HEAD_INPUT, INPUT_NAME, OUTPUT_NAME, is_onnx, read_metadata
+from facerec.metrics.scoring import Scoring
 
 
 def _onnxruntime(path: Path) -> Any:
@@ -34,6 +35,20 @@ def _onnxruntime(path: Path) -> Any:
             f"{path} is an ONNX model: running it needs onnxruntime (pip install 'facerec[onnx]')"
         ) from err
     return onnxruntime
+
+
+def _ort_errors(ort: Any) -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises for a damaged or foreign model (its exceptions derive from Exception only)."""
+    s = ort.capi.onnxruntime_pybind11_state
+    return (
+        s.Fail,
+        s.InvalidArgument,
+        s.InvalidGraph,
+        s.InvalidProtobuf,
+        s.NoSuchFile,
+        s.NotImplemented,
+        s.RuntimeException,
+    )
 
 
 class OnnxFaceModel(PairVerifier):
@@ -49,19 +64,60 @@ class OnnxFaceModel(PairVerifier):
         self.providers = list(providers)
         self.options = ort.SessionOptions()
         self.options.intra_op_num_threads = threads  # 0 = ONNX Runtime's default (one per physical core)
-        self.session = ort.InferenceSession(str(self.path), self.options, providers=self.providers)
+        self._errors = _ort_errors(ort)
+        self.session = self._session(str(self.path))
         self.meta = read_metadata(self.path, self._props())
-        self.image_size = int(self.meta["image_size"])
-        self.classes: list[str] = list(self.meta.get("classes", []))
-        self.scoring: str = self.meta.get("scoring", "cosine")
-        self.threshold: float | None = self.meta.get("threshold")
-        self.embedding_dim = int(self.meta["model"]["embedding_dim"])
-        self.config = config_from_dict(self.meta["config"])
+        try:
+            self.image_size = int(self.meta["image_size"])
+            self.classes: list[str] = [str(c) for c in self.meta.get("classes", [])]
+            self.scoring: str = Scoring.of(self.meta.get("scoring", "cosine")).name
+            self.threshold: float | None = stored_threshold(self.meta.get("threshold"))
+            model = self.meta["model"]
+            self.embedding_dim = int(model["embedding_dim"])
+            self._facts = {"backbone": str(model["backbone"]), "embedding_dim": self.embedding_dim}
+            self._facts.update(loss=str(model["loss"]))
+            self.config = config_from_dict(self.meta["config"])
+            spec = self.meta["class_scores"] if self.has_class_scores else None
+            # the class head's input: the graph output it takes, and its width
+            self._head_input = None if spec is None else (str(spec["features"]), int(spec["input"]["shape"][1]))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:  # ConfigError too
+            raise CheckpointError(f"the facerec metadata of {self.path} is damaged ({err!r:.300})") from None
+        if self.image_size != self.config.data.image_size:
+            raise CheckpointError(f"the facerec metadata of {self.path} is damaged (two image sizes)")
         self.config.model.embedding_dim = self.embedding_dim  # an ensemble's config is its first member's
         self._head: Any = None
 
+    def _session(self, model: str | bytes) -> Any:
+        """An ONNX Runtime session of a model file (or a serialised model); CheckpointError when it is not one."""
+        try:
+            return _onnxruntime(self.path).InferenceSession(model, self.options, providers=self.providers)
+        except (*self._errors, UnicodeDecodeError) as err:  # its message may hold the file's bytes
+            raise CheckpointError(
+                f"{self.path} is not a usable ONNX model, ONNX Runtime cannot load it ({str(err)[:300]}); "
+                "export it again with `facerec export --out model.onnx`"
+            ) from None
+
+    def _run(self, session: Any, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The first requested output of `session` for `feeds`; CheckpointError when the graph fails to run."""
+        try:
+            out = session.run(outputs, feeds)[0]
+        except self._errors as err:
+            raise CheckpointError(
+                f"{self.path}: ONNX Runtime failed to run the model ({str(err)[:300]}); the file may be damaged, "
+                "export it again"
+            ) from None
+        rows = next(iter(feeds.values())).shape[0]
+        if out.ndim != 2 or out.shape[0] != rows:
+            raise CheckpointError(
+                f"{self.path}: the model gave shape {out.shape} for {rows} inputs; is it damaged?"
+            )
+        return out
+
     def _props(self) -> dict[str, str]:
-        return dict(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            return dict(self.session.get_modelmeta().custom_metadata_map)
+        except UnicodeDecodeError:
+            raise CheckpointError(f"the metadata of {self.path} is damaged (not UTF-8 text)") from None
 
     @property
     def fingerprint(self) -> str | None:
@@ -81,18 +137,23 @@ class OnnxFaceModel(PairVerifier):
             # the same float32 ops as data.augment.to_input: permute, /127.5, -1
             x = np.ascontiguousarray(u8[start : start + batch_size].transpose(0, 3, 1, 2)).astype(np.float32)
             x = x / np.float32(127.5) - np.float32(1.0)
-            e = self.session.run([output], {INPUT_NAME: x})[0]
+            e = self._run(self.session, [output], {INPUT_NAME: x})
             if flip:
-                e = e + self.session.run([output], {INPUT_NAME: np.ascontiguousarray(x[..., ::-1])})[0]
+                e = e + self._run(self.session, [output], {INPUT_NAME: np.ascontiguousarray(x[..., ::-1])})
             out.append(torch.from_numpy(e.astype(np.float32)))
         if not out:
-            width = self.embedding_dim if output == OUTPUT_NAME else self.meta["class_scores"]["input"]["shape"][1]
+            width = self.embedding_dim if output == OUTPUT_NAME else self._head_input[1]
             return torch.zeros(0, width)
         return torch.cat(out)
 
     def embed(self, images: Images, flip: bool = True, batch_size: int = 256) -> torch.Tensor:
         """Images (paths, bytes, PIL images, HxWx3 arrays, or a uint8 (N,S,S,3) tensor) -> (N, D) float32."""
-        return self._features(images, OUTPUT_NAME, flip, batch_size)
+        out = self._features(images, OUTPUT_NAME, flip, batch_size)
+        if out.shape[1] != self.embedding_dim:
+            raise CheckpointError(
+                f"{self.path}: {out.shape[1]}-d embeddings, its metadata says {self.embedding_dim}"
+            )
+        return out
 
     def _class_head(self) -> Any:
         if self._head is not None:
@@ -105,25 +166,27 @@ class OnnxFaceModel(PairVerifier):
             )
         if "missing" in spec:
             raise CheckpointError(f"{self.path} has no closed-set class scores: {spec['missing']}")
-        ort = _onnxruntime(self.path)
-        graph = base64.b64decode(self._props()[CLASS_HEAD_KEY])
-        self._head = ort.InferenceSession(graph, self.options, providers=self.providers)
+        try:
+            graph = base64.b64decode(self._props()[CLASS_HEAD_KEY], validate=True)
+        except (KeyError, ValueError):
+            raise CheckpointError(f"{self.path}: the class head in its metadata is missing or damaged") from None
+        self._head = self._session(graph)
         return self._head
 
     def class_scores(self, images: Images, flip: bool = True, batch_size: int = 256) -> torch.Tensor:
         """(N, C) closed-set scores over `classes`, as the checkpoint's `class_scores` gives them."""
         head = self._class_head()
-        features = self._features(images, self.meta["class_scores"]["features"], flip, batch_size)
+        features = self._features(images, self._head_input[0], flip, batch_size)
         if len(features) == 0:
             return torch.zeros(0, len(self.classes))
-        return torch.from_numpy(head.run(None, {HEAD_INPUT: features.numpy()})[0].astype(np.float32))
+        scores = self._run(head, None, {HEAD_INPUT: features.numpy()})
+        if scores.shape[1] != len(self.classes):
+            raise CheckpointError(f"{self.path}: {scores.shape[1]} class scores for {len(self.classes)} classes")
+        return torch.from_numpy(scores.astype(np.float32))
 
     def info(self) -> dict[str, Any]:
-        m = self.meta["model"]
         return {
-            "backbone": m["backbone"],
-            "embedding_dim": m["embedding_dim"],
-            "loss": m["loss"],
+            **self._facts,
             "scoring": self.scoring,
             "classes": len(self.classes),
             "threshold": self.threshold,

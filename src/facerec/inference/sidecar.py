@@ -93,18 +93,23 @@ def read_metadata(onnx_path: str | Path, props: dict[str, str] | None = None) ->
     """The sidecar `model.onnx.json` if present, else the copy stored in the ONNX file's metadata (`props`: its
     metadata_props when the caller has them already)."""
     side = sidecar_path(onnx_path)
-    if side.is_file():
-        meta = json.loads(side.read_text())
-    else:
-        props = metadata_props(onnx_path) if props is None else props
-        if METADATA_KEY not in props:
-            raise CheckpointError(
-                f"{onnx_path} has no facerec metadata and no sidecar {side.name}; "
-                "export it with `facerec export --out model.onnx`"
-            )
-        meta = json.loads(props[METADATA_KEY])
-    if meta.get("format") != SIDECAR_FORMAT:
-        raise CheckpointError(f"{side} is not a facerec ONNX sidecar (format {meta.get('format')!r})")
+    source = side if side.is_file() else f"the facerec metadata of {onnx_path}"
+    try:
+        if side.is_file():
+            meta = json.loads(side.read_text(encoding="utf-8"))
+        else:
+            props = metadata_props(onnx_path) if props is None else props
+            if METADATA_KEY not in props:
+                raise CheckpointError(
+                    f"{onnx_path} has no facerec metadata and no sidecar {side.name}; "
+                    "export it with `facerec export --out model.onnx`"
+                )
+            meta = json.loads(props[METADATA_KEY])
+    except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, or nested too deep
+        raise CheckpointError(f"{source} is damaged ({err}); export the model again") from None
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+        kind = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{source} is not a facerec ONNX sidecar (format {kind!r})")
     return meta
 
 

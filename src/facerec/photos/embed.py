@@ -16,6 +16,10 @@ no pickled objects) or `.csv` (a header `path,e0,...,e{D-1}`, a row per photo, f
 from __future__ import annotations
 
 import csv
+import math
+import tokenize
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 from facerec.data.folder import DataError, load_image, load_images
+from facerec.metrics.scoring import SCORING_NAMES
 from facerec.photos.align import FaceAligner, list_photos, open_photo
 
 FORMATS = (".npz", ".csv")
@@ -210,7 +215,8 @@ def save_embeddings(es: EmbeddingSet, path: str | Path) -> Path:
 
 def load_embeddings(path: str | Path) -> EmbeddingSet:
     """Read a file written by `save_embeddings` (or `facerec embed`). A .csv file does not store the scoring:
-    it is read as cosine."""
+    it is read as cosine. A file that is damaged or not an embedding file (its parts disagree, a value is not a
+    finite number) is a DataError naming it."""
     path = Path(path).expanduser()
     fmt = _format(path)
     if not path.is_file():
@@ -218,25 +224,71 @@ def load_embeddings(path: str | Path) -> EmbeddingSet:
     if fmt == ".npz":
         try:
             with np.load(path, allow_pickle=False) as z:
-                emb, paths = z["embeddings"].astype(np.float32), [str(p) for p in z["paths"]]
-                scoring = str(z["scoring"]) if "scoring" in z else "cosine"
-                thr = float(z["threshold"]) if "threshold" in z else float("nan")
-        except (KeyError, ValueError, OSError) as err:
-            raise DataError(f"{path} is not an embedding file written by `facerec embed` ({err})") from None
-        return EmbeddingSet(emb, paths, scoring, None if np.isnan(thr) else thr)
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+                arrays = {key: z[key] for key in ("embeddings", "paths", "scoring", "threshold") if key in z}
+        except _NPZ_ERRORS as err:
+            raise DataError(f"{path} is not an embedding file written by `facerec embed` ({err!r:.200})") from None
+        return _checked(path, **_npz_fields(path, arrays))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path} is not an embedding CSV written by `facerec embed` ({err})") from None
     if not rows or not rows[0] or rows[0][0] != "path":
         raise DataError(f"{path} is not an embedding CSV: its header must be path,e0,e1,...")
     if len(rows) < 2:
         raise DataError(f"{path} holds no embeddings (a header and no rows)")
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(rows[0]):
+            raise DataError(f"{path}:{line}: every row must have a path and {len(rows[0]) - 1} values")
     try:
         emb = np.asarray([[float(v) for v in r[1:]] for r in rows[1:]], dtype=np.float32)
     except ValueError as err:
         raise DataError(f"{path}: a value is not a number ({err})") from None
-    if emb.ndim != 2 or emb.shape[1] != len(rows[0]) - 1:
-        raise DataError(f"{path}: every row must have a path and {len(rows[0]) - 1} values")
-    return EmbeddingSet(emb, [r[0] for r in rows[1:]])
+    return _checked(path, emb, [r[0] for r in rows[1:]])
+
+
+# What numpy and zipfile raise for a damaged .npz (a bad archive, CRC, compression method or array header; a
+# member flagged as encrypted is a RuntimeError).
+_NPZ_ERRORS = (
+    KeyError, ValueError, OSError, EOFError, SyntaxError, NotImplementedError, RuntimeError, zipfile.BadZipFile,
+    zlib.error, tokenize.TokenError,
+)  # fmt: skip
+
+
+def _npz_fields(path: Path, arrays: dict[str, Any]) -> dict[str, Any]:
+    """The arrays of an .npz embedding file -> _checked's arguments; DataError for a missing or misshapen one."""
+    if "embeddings" not in arrays or "paths" not in arrays:
+        raise DataError(f"{path} is not an embedding file written by `facerec embed` (no embeddings or paths)")
+    bad = [key for key, a in arrays.items() if not isinstance(a, np.ndarray)]
+    emb, paths = arrays["embeddings"], arrays["paths"]
+    if bad or emb.dtype.kind not in "fiu" or paths.ndim != 1:
+        raise DataError(
+            f"{path} is damaged: {', '.join(bad) or 'embeddings or paths'} not as `facerec embed` writes"
+        )
+    scoring, threshold = arrays.get("scoring", np.asarray("cosine")), arrays.get("threshold", np.asarray(np.nan))
+    if scoring.shape != () or threshold.shape != () or threshold.dtype.kind not in "fiu":
+        raise DataError(f"{path} is damaged: its scoring or threshold is not a single value")
+    thr = None if np.isnan(threshold) else float(threshold)
+    return dict(emb=emb.astype(np.float32), paths=[str(p) for p in paths], scoring=str(scoring), threshold=thr)
+
+
+def _checked(
+    path: Path, emb: np.ndarray, paths: list[str], scoring: str = "cosine", threshold: float | None = None
+) -> EmbeddingSet:
+    """An EmbeddingSet of a file's content, after the checks every later step relies on."""
+    if emb.ndim != 2 or emb.shape[0] != len(paths) or emb.shape[1] == 0:
+        raise DataError(f"{path} is damaged: {len(paths)} paths for embeddings of shape {emb.shape}")
+    finite = np.isfinite(emb).all(axis=1)
+    if not finite.all():
+        raise DataError(
+            f"{path}: the embedding of {paths[int(np.argmin(finite))]!r} (and {int((~finite).sum()) - 1} more) "
+            "holds NaN or infinite values; embed those photos again"
+        )
+    if scoring not in SCORING_NAMES:
+        raise DataError(f"{path}: unknown scoring {scoring!r}; expected one of {', '.join(SCORING_NAMES)}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise DataError(f"{path}: the threshold {threshold} is not a finite number")
+    return EmbeddingSet(emb, paths, scoring, threshold)
 
 
 def is_embedding_file(path: str | Path) -> bool:

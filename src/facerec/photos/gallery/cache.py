@@ -117,6 +117,8 @@ def read(path: Path, s: Settings) -> Cached | None:
             return None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, struct.error):  # missing or damaged: rebuild
         return None
+    except MemoryError:  # a forged file (valid checksum) whose sizes make FAISS allocate more than there is
+        return None
     return Cached(index, ids, owners, int(head["version"]), (s.index, s.epoch))
 
 

@@ -233,7 +233,13 @@ class Gallery:
             q = self._prepare(embeddings)
             kk = min(state.index.ntotal, k * self._mirror.per_name)  # room for k distinct people (exact index)
             dist, idx = state.index.search(q, kk)
-            owners = state.owners[np.searchsorted(state.ids, np.maximum(idx, 0))]
+            pos = np.minimum(np.searchsorted(state.ids, np.maximum(idx, 0)), len(state.ids) - 1)
+            if np.any((idx >= 0) & (state.ids[pos] != idx)):  # only a forged cache (it has a checksum)
+                raise DataError(
+                    f"{self.folder / cache.CACHE_NAME} is damaged: its index holds photo ids the gallery does "
+                    "not; delete it (it is rebuilt from gallery.db)"
+                )
+            owners = state.owners[pos]
             names = self._mirror.names
         results = []
         for srow, irow, orow in zip(self.scoring.index_scores(dist), idx, owners):

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import tokenize
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,8 @@ def migrate(folder: Path) -> int:
             stacklevel=3,
         )
     vectors, ids = vectors[keep], ids[keep]
+    if store.bad_vectors(vectors, meta["metric"] == "cosine"):
+        raise DataError(f"cannot migrate the gallery {folder}: vectors.npy holds damaged vectors; {_REDO}")
     values = settings.new_meta(meta["metric"], int(meta["dim"]), meta.get("fingerprint"))
     values.update(_index_meta(meta, vectors))
     values["next_id"] = max(
@@ -101,10 +105,12 @@ def _read_vectors(folder: Path, dim: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         vectors = np.load(folder / "vectors.npy", allow_pickle=False)
         ids = np.load(folder / "ids.npy", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile) as err:
         raise DataError(
             f"cannot migrate the gallery {folder}: vectors.npy / ids.npy cannot be read ({err}); {_REDO}"
         ) from None
+    if not isinstance(vectors, np.ndarray) or not isinstance(ids, np.ndarray):  # an .npz archive
+        raise DataError(f"cannot migrate the gallery {folder}: vectors.npy / ids.npy are not arrays; {_REDO}")
     if vectors.ndim != 2 or vectors.shape[1] != dim or ids.shape != (len(vectors),):
         raise DataError(
             f"cannot migrate the gallery {folder}: vectors.npy {vectors.shape} and ids.npy {ids.shape} do not "

@@ -16,7 +16,7 @@ import numpy as np
 from facerec.errors import DataError
 from facerec.photos.gallery import cache
 from facerec.photos.gallery.settings import ADVICE, Settings
-from facerec.photos.gallery.store import Store
+from facerec.photos.gallery.store import Store, bad_vectors
 
 
 class Mirror:
@@ -75,6 +75,8 @@ class Mirror:
                 fresh = self._empty(s)
                 state.index, state.ids, state.owners, top = fresh.index, fresh.ids, fresh.owners, -1
         ids, owners, vectors = self.db.rows(top, s.dim)
+        if bad_vectors(vectors, s.metric == "cosine"):
+            raise DataError(f"{self.db.path}: some stored embeddings are not valid vectors (damaged); {ADVICE}")
         if len(ids):
             state.index.add_with_ids(vectors, ids)
             state.ids, state.owners = np.concatenate([state.ids, ids]), np.concatenate([state.owners, owners])
