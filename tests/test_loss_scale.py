@@ -12,7 +12,7 @@ import torch
 import facerec.engine.loss_scale as loss_scale
 from facerec.cli.main import main
 from facerec.data.augment import get_preset, to_input
-from facerec.engine.build import amp_advice, resolve_amp
+from facerec.engine.build import amp_advice, cpu_has_bf16, resolve_amp
 from facerec.engine.loss_scale import LossScale
 from facerec.engine.optim import build_optimizer
 from facerec.engine.progress import read_metrics
@@ -63,6 +63,10 @@ def test_amp_settings():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert (resolve_amp("auto", cpu), resolve_amp("auto", cuda)) == ("off", "bf16")
     assert resolve_amp("fp16", cpu) == "fp16"
+    # the CPU recipes' setting: bf16 only where it is fast (CUDA, or a CPU with AMX / AVX512-BF16)
+    assert [resolve_amp("bf16_if_fast", cpu, has) for has in (True, False)] == ["bf16", "off"]
+    assert resolve_amp("bf16_if_fast", cuda, False) == "bf16"
+    assert resolve_amp("bf16_if_fast", cpu) == ("bf16" if cpu_has_bf16() else "off")
     with pytest.raises(ValueError, match="unknown train.amp 'fp8'.*fp16"):
         resolve_amp("fp8", cpu)
     assert StepOptions(cpu, amp="fp16").loss_scale is not None

@@ -99,8 +99,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = _choice(
-        "auto", "bf16", "fp16", "off"
-    )  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with dynamic loss scaling) | off
+        "auto", "bf16_if_fast", "bf16", "fp16", "off"
+    )  # auto (bf16 on CUDA, off on CPU) | bf16_if_fast (+ CPUs with AMX / AVX512-BF16) | bf16 | fp16 | off
     channels_last: str = _choice(
         "auto", "on", "off"
     )  # auto (= on: faster on CUDA and, measured, on CPU too) | on | off
