@@ -154,6 +154,7 @@ def test_hnsw_settings_and_ids() -> None:
     s = Scoring.of("cosine")
     index = s.faiss_index(4, hnsw_m=8, ef_construction=20, ef_search=33)
     assert (index.hnsw.efConstruction, index.hnsw.efSearch, index.is_trained) == (20, 33, True)
+    assert s.faiss_index(4, hnsw_m=8).hnsw.efConstruction == 80  # not FAISS's 40: see faiss_index
     ided = faiss.IndexIDMap(index)  # how a gallery keeps its own ids on a graph index
     x = s.index_vectors(np.eye(4, dtype=np.float32) + 0.1)
     ided.add_with_ids(x, np.array([10, 20, 30, 40], dtype=np.int64))

@@ -113,7 +113,7 @@ class Scoring:
 
     # -- FAISS ----------------------------------------------------------------------------------------------
     def faiss_index(
-        self, dim: int, nlist: int = 0, *, hnsw_m: int = 0, ef_construction: int = 40, ef_search: int = 16
+        self, dim: int, nlist: int = 0, *, hnsw_m: int = 0, ef_construction: int = 80, ef_search: int = 16
     ) -> Any:
         """An empty FAISS index for (N, dim) `index_vectors`, searched by inner product for cosine (the vectors
         are unit length) and by L2 distance for euclidean. Needs faiss.
@@ -124,7 +124,9 @@ class Scoring:
         * `hnsw_m` > 0: an `IndexHNSWFlat` graph (Malkov & Yashunin 2018, arXiv:1603.09320) with `hnsw_m`
           links per vector, each insertion weighing `ef_construction` candidates, each search `ef_search`
           (`index.hnsw.efSearch`, may be changed later). It needs no training, but it takes no `remove_ids`:
-          wrap it in an `IndexIDMap` for ids and rebuild it to delete.
+          wrap it in an `IndexIDMap` for ids and rebuild it to delete. `ef_construction` 80, not FAISS's 40:
+          on 100k random 256-d vectors (bench/gallery.py) it lifts recall@1 at efSearch 128 from 0.94 to 0.98
+          for twice the build time.
         """
         if nlist > 0 and hnsw_m > 0:
             raise ValueError(f"nlist={nlist} (IVF) and hnsw_m={hnsw_m} (HNSW) exclude each other; set one")
