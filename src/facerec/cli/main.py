@@ -15,9 +15,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a face-embedding model",
-        description="Train on an HW2P2 dataset (either layout) or any folder of identity folders.",
+        description="Train on an HW2P2 dataset (either layout), any folder of identity folders, a pack, or an "
+        "insightface folder of train.rec, train.idx and property.",
     )
-    p.add_argument("--data", help="dataset folder (sets data.root)")
+    p.add_argument("--data", help="dataset folder, pack or .rec folder (sets data.root)")
     p.add_argument("--out", help="run folder: checkpoints, metrics.jsonl, config.yaml (required to train)")
     p.add_argument("--config", help="YAML recipe file, or the name of a shipped recipe (facerec list recipes)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt (overrides still apply)")
@@ -78,8 +79,9 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pack",
         help="decode a dataset once into a memory-mapped pack (train with --data OUT)",
-        description="Decode the training split of DIR (an HW2P2 root or a folder of identity "
-        "folders) into OUT/images.npy (N, S, S, 3) uint8, labels.npy and meta.json.",
+        description="Decode the training split of DIR (an HW2P2 root, a folder of identity "
+        "folders, or an insightface folder of train.rec, train.idx and property) into OUT/images.npy "
+        "(N, S, S, 3) uint8, labels.npy and meta.json.",
     )
     p.add_argument("dir", help="dataset folder")
     p.add_argument("out", help="new pack folder")

@@ -20,6 +20,7 @@ from facerec.data.folder import DataError
 from facerec.data.memory import ImageSet
 from facerec.data.pairs import PairList
 from facerec.data.pairset import PairSet
+from facerec.data.recordimages import take_rows
 
 
 def _take(images: ImageSet, idx: torch.Tensor, keep_classes: list[int] | None = None) -> ImageSet:
@@ -32,7 +33,7 @@ def _take(images: ImageSet, idx: torch.Tensor, keep_classes: list[int] | None = 
         labels = remap[labels]
         classes = [images.classes[c] for c in keep_classes]
     paths = [images.paths[i] for i in idx.tolist()] if images.paths else []
-    return ImageSet(images.images[idx], labels, classes, paths)
+    return ImageSet(take_rows(images.images, idx), labels, classes, paths)
 
 
 def hold_out_identities(images: ImageSet, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:

@@ -21,6 +21,8 @@ import torch
 from facerec.data.folder import DataError, load_images, scan_identity_folders
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.memory import ImageSet, load_pack, save_pack
+from facerec.data.recordimages import take_rows
+from facerec.data.recordset import decode_records, is_recordio
 
 Log = Callable[[str], None]
 EXAMPLES = 10  # unreadable images named in meta.json and in the report
@@ -52,11 +54,14 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
 def pack_dataset(
     src: str | Path, out: str | Path, image_size: int = 64, num_workers: int = 2, log: Log = print
 ) -> PackResult:
-    """Decode the training split of `src` (an HW2P2 root in either layout, or any root/<identity>/<image> tree)
-    into a pack at `out`. Unreadable images are left out, counted and named (in the log and in meta.json)."""
+    """Decode the training split of `src` (an HW2P2 root in either layout, any root/<identity>/<image> tree, or an
+    insightface .rec folder) into a pack at `out`. Unreadable images are left out, counted and named (in the log
+    and in meta.json)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} already exists and is not empty; choose a new OUT folder or delete it first")
+    if is_recordio(src):
+        return _pack_recordio(Path(src), out, image_size, num_workers, log)
     layout = detect_layout(src)
     if layout.train is None:
         raise DataError(f"{src} has no training split (train_data/ or identity folders) to pack")
@@ -88,6 +93,26 @@ def pack_dataset(
     )
     if skipped:
         log(f"skipped {len(skipped)} unreadable images, e.g. {', '.join(skipped[:EXAMPLES])}")
+    return result
+
+
+def _pack_recordio(src: Path, out: Path, image_size: int, num_workers: int, log: Log) -> PackResult:
+    """`pack_dataset` of an insightface .rec folder: the images have no paths; undecodable records are named
+    `train.rec:KEY`."""
+    t0 = time.time()
+    array, labels, classes, skipped = decode_records(src, image_size, num_workers, log)
+    meta = {"image_size": image_size, "source": str(src.resolve()), "split": str(src.resolve())}
+    meta.update(num_skipped=len(skipped), skipped=skipped[:1000])
+    if out.exists():
+        out.rmdir()  # empty (checked by the caller)
+    save_pack(out, array, labels, classes, [], extra=meta)
+    result = PackResult(out, len(labels), len(classes), image_size, skipped, time.time() - t0)
+    log(
+        f"packed {result.num_images} images of {result.num_classes} identities from {src} into {out} "
+        f"({array.nbytes / 2**20:.0f} MiB, {result.seconds:.1f}s)"
+    )
+    if skipped:
+        log(f"skipped {len(skipped)} undecodable records, e.g. {', '.join(skipped[:EXAMPLES])}")
     return result
 
 
@@ -143,4 +168,4 @@ def subset(images: ImageSet, max_per_class: int = 0, max_classes: int = 0) -> Im
         keep &= rank < max_per_class
     idx = torch.nonzero(keep).squeeze(1)
     paths = [images.paths[i] for i in idx.tolist()] if images.paths else []
-    return ImageSet(images.images[idx], labels[idx], classes, paths)
+    return ImageSet(take_rows(images.images, idx), labels[idx], classes, paths)

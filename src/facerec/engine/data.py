@@ -16,6 +16,8 @@ from facerec.data.hw2p2 import Hw2p2Layout, detect_layout
 from facerec.data.memory import ImageSet, load_identity_folders
 from facerec.data.pack import image_root, is_pack, open_pack, read_meta, subset
 from facerec.data.pairset import PairSet, load_pairset
+from facerec.data.recordimages import RecordImages
+from facerec.data.recordset import is_recordio, open_recordio
 from facerec.data.sampler import PKBatchSampler, RandomBatchSampler
 from facerec.engine.log import Log, echo
 from facerec.losses.base import CombinedLoss
@@ -27,7 +29,10 @@ def load_data(cfg: Config, log: Log = echo) -> tuple[Hw2p2Layout, ImageSet, Imag
     if not d.root:
         raise DataError("no dataset given: pass --data DIR (an HW2P2 folder or a folder of identity folders)")
     packed = is_pack(d.root)
-    layout = _pack_layout(d.root, d.pairs, log) if packed else detect_layout(d.root)
+    if is_recordio(d.root):  # an insightface training set: the training split, like a pack
+        layout = _recordio_layout(d.root, d.pairs)
+    else:
+        layout = _pack_layout(d.root, d.pairs, log) if packed else detect_layout(d.root)
     log(f"dataset {layout.root} ({layout.kind} layout): train {layout.train}")
     pairs_file = Path(d.pairs) if d.pairs else layout.pairs_val
     pairs = None
@@ -87,6 +92,9 @@ def load_train_images(cfg: Config, train_dir: Path, log: Log = echo) -> ImageSet
     d = cfg.data
     if is_pack(d.root):
         return subset(open_pack(d.root, d.image_size, log), d.max_per_class, d.max_classes)
+    if is_recordio(d.root):
+        limits = {"max_per_class": d.max_per_class, "max_classes": d.max_classes}
+        return open_recordio(d.root, d.image_size, num_workers=d.num_workers, log=log, **limits)
     return load_identity_folders(
         train_dir, d.image_size, None, d.num_workers, d.cache, log, d.max_per_class, d.max_classes
     )
@@ -113,6 +121,13 @@ def _pack_layout(root: str, pairs: str, log: Log) -> Hw2p2Layout:
     return Hw2p2Layout(base, Path(root), None, None, None, None, None, None, None, kind="pack")
 
 
+def _recordio_layout(root: str, pairs: str) -> Hw2p2Layout:
+    """An insightface .rec folder (train.rec, train.idx, property) is the training split; val images and pairs
+    come from data.val / data.pairs (or data.holdout)."""
+    base = Path(pairs).parent if pairs else Path(root)
+    return Hw2p2Layout(base, Path(root), None, None, None, None, None, None, None, kind="insightface RecordIO")
+
+
 def make_sampler(cfg: Config, train: ImageSet, loss_fn: CombinedLoss) -> RandomBatchSampler | PKBatchSampler:
     """data.sampler: P x K identity batches for losses that need positives in every batch (auto), else random."""
     kind = cfg.data.sampler
@@ -128,7 +143,10 @@ def make_sampler(cfg: Config, train: ImageSet, loss_fn: CombinedLoss) -> RandomB
 def images_on_gpu(images: ImageSet, device: torch.device, log: Log) -> ImageSet:
     """Keep the uint8 training images on the GPU when they take at most a quarter of its free memory (facehw:
     250 MiB, all of HW2P2 at 64x64: 4.4 GiB): each step's batch is then indexed on the device, with no host gather,
-    pinning or copy. Labels stay on the host, where prototypes and samplers use them."""
+    pinning or copy. Labels stay on the host, where prototypes and samplers use them. Images decoded from a .rec
+    file batch by batch stay on the host."""
+    if isinstance(images.images, RecordImages):
+        return images
     size = images.images.numel() * images.images.element_size()
     free, _ = torch.cuda.mem_get_info(device)
     if size > free // 4:

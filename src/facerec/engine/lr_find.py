@@ -27,6 +27,7 @@ from facerec.data.augment import get_preset
 from facerec.data.folder import DataError
 from facerec.data.hw2p2 import detect_layout
 from facerec.data.pack import is_pack
+from facerec.data.recordset import is_recordio
 from facerec.engine.build import build_loss_fn, build_model, resolve_amp, resolve_device, use_channels_last
 from facerec.engine.data import epoch_batches, load_train_images, make_sampler
 from facerec.engine.log import Log, echo
@@ -115,7 +116,7 @@ def _sweep_parts(
         torch.set_num_threads(t.threads)
     device = resolve_device(t.device)
     torch.manual_seed(t.seed)
-    train_dir = Path(d.root) if is_pack(d.root) else detect_layout(d.root).train
+    train_dir = Path(d.root) if is_pack(d.root) or is_recordio(d.root) else detect_layout(d.root).train
     images = load_train_images(cfg, train_dir, log)
     model = build_model(cfg)
     loss_fn = build_loss_fn(cfg, len(images.classes)).to(device)
