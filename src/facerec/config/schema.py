@@ -74,6 +74,10 @@ class LossConfig:
     params: dict[str, Any] = field(default_factory=dict)
     extra: list[LossTerm] = field(default_factory=list)  # more weighted terms, e.g. center loss
     scoring: str = _choice("auto", "cosine", "euclidean")  # auto (the loss's own) | cosine | euclidean
+    # Partial FC (losses/partial_fc.py) for a margin head: the class centres split over the DDP processes, each
+    # step using this share of them (positives always); a sample_rate below 1 turns it on by itself
+    partial_fc: bool = False
+    sample_rate: float = _limit(1.0, 0.0, 1.0, open_lo=True)
 
 
 @dataclass

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
-from facerec.config import Config
-from facerec.losses.base import CombinedLoss, build_combined_loss
+from facerec.config import Config, ConfigError
+from facerec.losses.base import CombinedLoss, build_combined_loss, build_loss
+from facerec.losses.partial_fc import build_partial_fc
 from facerec.metrics.scoring import Scoring
 from facerec.models.embedder import FaceEmbedder
 
@@ -88,9 +89,30 @@ def build_model(cfg: Config) -> FaceEmbedder:
     return FaceEmbedder(m.backbone, m.embedding_dim, m.dropout, m.neck, cfg.data.image_size)
 
 
-def build_loss_fn(cfg: Config, num_classes: int) -> CombinedLoss:
+def build_loss_fn(cfg: Config, num_classes: int, shard: tuple[int, int] = (0, 1)) -> CombinedLoss:
+    """loss.name plus the loss.extra terms. With Partial FC (loss.partial_fc, or loss.sample_rate < 1) the first is
+    built for process `shard` = (rank, world_size) of a DDP job: it holds that rank's class centres only."""
     terms = [(cfg.loss.name, 1.0, cfg.loss.params)] + [(t.name, t.weight, t.params) for t in cfg.loss.extra]
-    return build_combined_loss(terms, embedding_dim=cfg.model.embedding_dim, num_classes=num_classes)
+    loss, dim = cfg.loss, cfg.model.embedding_dim
+    if not (loss.partial_fc or loss.sample_rate < 1):
+        return build_combined_loss(terms, embedding_dim=dim, num_classes=num_classes)
+    if shard[1] > 1 and cfg.train.ema:
+        raise ConfigError(
+            "train.ema cannot be used with Partial FC over several processes (rank 0 keeps the weight average and "
+            "holds only its share of the class centres); set train.ema=0 or train in one process"
+        )
+    rank, world = shard
+    head = build_partial_fc(
+        loss.name,
+        loss.params,
+        embedding_dim=dim,
+        num_classes=num_classes,
+        sample_rate=loss.sample_rate,
+        rank=rank,
+        world_size=world,
+    )
+    extra = [(w, build_loss(n, embedding_dim=dim, num_classes=num_classes, **dict(p))) for n, w, p in terms[1:]]
+    return CombinedLoss([(1.0, head), *extra])
 
 
 def resolve_scoring(cfg: Config, loss_fn: CombinedLoss) -> str:

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from facerec.losses.base import EmbeddingLoss
+from facerec.losses.partial_fc import PartialFC
 
 T = TypeVar("T")
 # Rank 0 decodes the dataset and validates while the others wait in a collective: allow for that.
@@ -184,20 +185,23 @@ class GatherLoss(EmbeddingLoss):
     into each rank's slice. Since every rank computes the same loss,
     that is N x dL/de; DDP's average over N ranks then leaves exactly dL/dtheta of the global-batch loss.
     Only the training step uses this wrapper; checkpoints hold `inner`'s state_dict. The loss head's work is
-    repeated on every rank (cheap next to the backbone for a few thousand classes; model-parallel heads such as
-    Partial FC would split it instead).
+    repeated on every rank (cheap next to the backbone for a few thousand classes), except a Partial FC head's
+    (losses/partial_fc.py), which splits its classes over the ranks: its shards are not broadcast, and the step
+    reports no training accuracy with it (in one process too), which would need the (B, C) logits it avoids.
     """
 
     def __init__(self, inner: EmbeddingLoss) -> None:
         super().__init__()
         self.inner = inner
         if dist.is_available() and dist.is_initialized():  # start every rank from rank 0's class centres
+            shards = {id(head.weight) for head in partial_fc_heads(inner)}
             for tensor in list(inner.parameters()) + list(inner.buffers()):
-                dist.broadcast(tensor.data, src=0)
+                if id(tensor) not in shards:
+                    dist.broadcast(tensor.data, src=0)
 
     @property
     def has_logits(self) -> bool:  # type: ignore[override]
-        return self.inner.has_logits
+        return self.inner.has_logits and not partial_fc_heads(self.inner)
 
     @property
     def needs_pk(self) -> bool:  # type: ignore[override]
@@ -217,3 +221,30 @@ class GatherLoss(EmbeddingLoss):
 
     def on_epoch_start(self, epoch: int) -> None:
         self.inner.on_epoch_start(epoch)
+
+
+def partial_fc_heads(loss_fn: nn.Module) -> list[PartialFC]:
+    """The Partial FC heads inside `loss_fn` (losses/partial_fc.py)."""
+    return [m for m in loss_fn.modules() if isinstance(m, PartialFC)]
+
+
+def gather_shards(loss_fn: nn.Module) -> None:
+    """Every rank calls it before rank 0 validates and saves: rank 0 receives the whole class-centre matrix of each
+    Partial FC head (its `logits()` and `state_dict()` use it until the next epoch starts). A no-op otherwise."""
+    for head in partial_fc_heads(loss_fn):
+        head.gather_whole()
+
+
+def keep_own_shard_state(optimizer: torch.optim.Optimizer, loss_fn: nn.Module) -> None:
+    """After the optimiser loads a checkpoint's state (--resume, a fault rollback), ranks 1..N-1 drop what it holds
+    for their Partial FC shard: a checkpoint has rank 0's optimiser state only. Their centres' momentum restarts
+    from zero (`zero_momentum`) and rebuilds within about 1 / (1 - momentum) steps."""
+    shards = [h.weight for h in partial_fc_heads(loss_fn) if h.world_size > 1 and h.rank != 0]
+    if not shards:
+        return
+
+    def drop(opt: torch.optim.Optimizer) -> None:
+        for weight in shards:
+            opt.state.pop(weight, None)
+
+    optimizer.register_load_state_dict_post_hook(drop)

@@ -18,6 +18,7 @@ import torch
 
 from facerec.engine.checkpoint import rng_state, save_checkpoint
 from facerec.engine.data import epoch_batches
+from facerec.engine.distributed import gather_shards
 from facerec.engine.faults import recover_from_faults
 from facerec.engine.fit_state import FitState, merge_partial, numbers
 from facerec.engine.log import Logger
@@ -85,6 +86,7 @@ def fit(*, parts: FitParts, options: FitOptions, hooks: FitHooks, state: FitStat
         if parts.dist.broadcast(parts.step.opts.faults.triggered(result, parts.model)):
             rollbacks += 1
             summary.update(_roll_back(parts, options, hooks, rollbacks))
+        gather_shards(parts.loss_fn)  # Partial FC over N ranks: rank 0 gets all class centres to validate, save
         val_scores = _validate_if_due(parts, options, epoch, summary)
         summary.update(epoch_time_s=time.time() - t0, elapsed_s=time.time() - t_start)
         improved = _update_best(parts, options, state, summary)

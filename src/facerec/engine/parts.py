@@ -17,7 +17,14 @@ from facerec.data.pairset import PairSet
 from facerec.engine.build import amp_advice, cpu_has_bf16, resolve_amp, resolve_scoring, use_channels_last
 from facerec.engine.checkpoint import CheckpointError, load_checkpoint, set_rng_state
 from facerec.engine.data import make_sampler
-from facerec.engine.distributed import DistContext, GatherLoss, ShardedBatchSampler, wrap_model
+from facerec.engine.distributed import (
+    DistContext,
+    GatherLoss,
+    ShardedBatchSampler,
+    keep_own_shard_state,
+    partial_fc_heads,
+    wrap_model,
+)
 from facerec.engine.ema import WeightAverage, optimiser_weights
 from facerec.engine.log import Log
 from facerec.engine.optim import build_optimizer
@@ -63,6 +70,7 @@ def build_parts(
     model = model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
     loss_fn = loss_fn.to(device)
     optimizer = build_optimizer(model, loss_fn, o.name, o.lr, o.weight_decay, o.momentum, o.nesterov, o.loss_lr)
+    keep_own_shard_state(optimizer, loss_fn)  # Partial FC over N ranks: a checkpoint's optimiser state is rank 0's
     sampler = make_sampler(cfg, train, loss_fn)
     if ctx.enabled:
         sampler = ShardedBatchSampler(sampler, ctx.rank, ctx.world_size)
@@ -82,7 +90,7 @@ def build_parts(
     ema = _weight_average(t.ema, model, loss_fn, resume, log) if ctx.is_main else None  # rank 0 validates
     step = StepParts(
         _step_model(model, ctx, device, t.compile),
-        GatherLoss(loss_fn) if ctx.enabled else loss_fn,
+        GatherLoss(loss_fn) if ctx.enabled or partial_fc_heads(loss_fn) else loss_fn,
         optimizer,
         schedule,
         get_preset(cfg.data.augment),

@@ -107,7 +107,7 @@ def _run(
         val = pairs = None  # rank 0 alone validates
     if device.type == "cuda":
         train_set = images_on_gpu(train_set, device, log)
-    model, loss_fn = build_model(cfg), build_loss_fn(cfg, len(train_set.classes))
+    model, loss_fn = build_model(cfg), build_loss_fn(cfg, len(train_set.classes), (ctx.rank, ctx.world_size))
     parts = build_parts(cfg, model, loss_fn, (train_set, val, pairs), ctx, device, resume_state, log)
     state = FitState.from_state_dict(resume_state["fit_state"]) if resume_state is not None else FitState()
     logger = Logger(log, MetricsLog(run_dir) if ctx.is_main else None)
