@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from conftest import make_hw2p2, tiny_overrides
 from facerec.data.binpack import decode_pack, read_pack
 from facerec.errors import DataError
 from facerec.metrics.insightface import fold_accuracy, protocol_report
@@ -279,3 +280,55 @@ def test_shipped_model_on_the_fixture_packs_agrees_with_its_own_evaluation(share
     assert abs(results[0]["auc"] - own["auc"]) < 0.01 and results[0]["auc"] > 0.9
     assert abs(results[0]["tar@far=1e-3"] - own["tar@far=1e-3"]) < 0.05
     assert abs(results[0]["accuracy"] - own["best_acc"]) < 0.05
+
+
+# -- data.val_bins during training -----------------------------------------------------------------------------
+def pack_of_pair_file(root: Path, out: Path) -> Path:
+    """A pack of the labelled pairs of an HW2P2 val pair file: the JPEG files' bytes, pickled by Python 3 at
+    protocol 2 (bytes then pickle as _codecs.encode(text, "latin1"))."""
+    lines = (root / "verification_pairs_val.txt").read_text().split()
+    lines = [" ".join(lines[i : i + 3]) for i in range(0, len(lines), 3)]
+    bins, issame = [], []
+    for line in lines:
+        a, b, label = line.split()
+        bins += [(root / a).read_bytes(), (root / b).read_bytes()]
+        issame.append(label == "1")
+    return write_pack(out, (bins, issame), protocol=2)
+
+
+def test_val_bins_are_scored_every_epoch(tmp_path: Path, monkeypatch, capsys) -> None:
+    from facerec.cli.main import main
+    from facerec.engine.progress import read_metrics
+
+    monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
+    hw2p2_dir = make_hw2p2(tmp_path / "hw", n_ids=6, per_id=4)
+    a = pack_of_pair_file(hw2p2_dir, tmp_path / "val-a.bin")
+    b = synthetic_pack(tmp_path / "b.bin", arrays=True)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(hw2p2_dir), "--out", str(run), "train.epochs=2", f"data.val_bins=[{a},{b}]"]
+    assert main([*args, *tiny_overrides("train.max_steps_per_epoch=3")]) == 0
+    out = capsys.readouterr().out
+    assert "val pack val_a: 46 pairs" in out and "bin_val_a_auc" in out.split("== epoch 2/2")[1]
+    epochs = [r for r in read_metrics(run) if r["event"] == "epoch"]
+    keys = {"val_auc", "bin_val_a_acc", "bin_val_a_auc", "bin_b_acc", "bin_b_auc"}
+    assert len(epochs) == 2 and all(keys <= set(e) for e in epochs)
+    # the logged numbers are what `facerec benchmark bin` gives for the epoch's weights (last.pt)
+    assert run_cli(["benchmark", "bin", str(a), "--checkpoint", str(run / "last.pt"), "--json"]) == 0
+    bench = json.loads(capsys.readouterr().out)[0]
+    assert bench["auc"] == pytest.approx(epochs[-1]["bin_val_a_auc"], abs=1e-6)
+    assert bench["accuracy"] == pytest.approx(epochs[-1]["bin_val_a_acc"], abs=1e-6)
+
+
+def test_a_missing_or_unsafe_val_bin_stops_the_run_before_training(hw2p2_dir: Path, tmp_path: Path, capsys):
+    from facerec.cli.main import main
+
+    marker = tmp_path / "pwned"
+    evil = write_pack(tmp_path / "evil.bin", ([Call(os.system, f"touch {marker}"), b"x"], [True]))
+    few = synthetic_pack(tmp_path / "few.bin", n_pairs=6)
+    for pack, phrase in [(tmp_path / "no.bin", "no.bin does not exist"), (evil, "posix.system"), (few, "6 pairs")]:
+        run = tmp_path / "runs" / pack.stem
+        args = ["train", "--data", str(hw2p2_dir), "--out", str(run), f"data.val_bins=[{pack}]", *tiny_overrides()]
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "data.val_bins" in err and str(pack) in err and phrase in err, err
+        assert not run.exists() and not marker.exists()

@@ -51,6 +51,8 @@ class DataConfig:
     val_per_class: int = _limit(
         0, 0
     )  # images of each training identity moved to a val split (val accuracy); 0 = none
+    # insightface verification packs (.bin) scored every epoch by their protocol: bin_<stem>_acc / bin_<stem>_auc
+    val_bins: list[str] = field(default_factory=list)
 
 
 @dataclass

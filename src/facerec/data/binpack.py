@@ -8,7 +8,8 @@ packs hold each image as the numpy uint8 array `cv2.imencode` returns.
 Unpickling a file runs whatever callable it names (a GLOBAL opcode, then REDUCE). `read_pack` therefore uses an
 unpickler whose `find_class` resolves only the three numpy names that rebuilding an array needs, each to a guarded
 stand-in: `_reconstruct` accepts only the empty array numpy's own pickles start from, `dtype` only uint8, and
-`ndarray` is a token that cannot be called. Every other global (os.system, builtins.eval, subprocess.Popen, ...)
+`ndarray` is a token that cannot be called; and `_codecs.encode(text, "latin1")`, which is how Python 3 writes
+bytes at protocol 2. Every other global (os.system, builtins.eval, subprocess.Popen, ...)
 is refused before anything is called, with a DataError that names the file and the global.
 """
 
@@ -92,7 +93,16 @@ def _dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
     return np.dtype("u1", align=False, copy=True)  # a copy: BUILD's __setstate__ must not touch numpy's own
 
 
+def _latin1(text: Any, encoding: Any) -> bytes:
+    """`_codecs.encode(text, "latin1")`: how Python 3 writes bytes at pickle protocol 2 (packs written by Python 3
+    for Python 2 readers); only that call is accepted."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise DataError(f"_codecs.encode called with {type(text).__name__}, {encoding!r:.20}")
+    return text.encode("latin1")
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1,  # bytes at protocol 2, written by Python 3
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # numpy 1.x pickles
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy 2.x pickles
     ("numpy", "ndarray"): _NDARRAY,
@@ -217,12 +227,6 @@ def decode_images(pack: VerificationPack, start: int, stop: int, size: int, num_
 def decode_pack(pack: VerificationPack, size: int, num_workers: int = 2) -> torch.Tensor:
     """Every image of the pack as uint8 (2N, size, size, 3), in pack order (training decodes its packs once)."""
     return torch.from_numpy(decode_images(pack, 0, len(pack.images), size, num_workers))
-
-
-def load_pack(path: str | Path, size: int, num_workers: int = 2) -> tuple[VerificationPack, torch.Tensor]:
-    """`read_pack` then `decode_pack`."""
-    pack = read_pack(path)
-    return pack, decode_pack(pack, size, num_workers)
 
 
 def source_size(pack: VerificationPack) -> tuple[int, int]:

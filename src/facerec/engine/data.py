@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from facerec.config import Config
+from facerec.data.binpack import decode_pack, read_pack
 from facerec.data.folder import DataError
 from facerec.data.holdout import split_validation
 from facerec.data.hw2p2 import Hw2p2Layout, detect_layout
@@ -21,6 +23,7 @@ from facerec.data.recordset import is_recordio, open_recordio
 from facerec.data.sampler import PKBatchSampler, RandomBatchSampler
 from facerec.engine.log import Log, echo
 from facerec.losses.base import CombinedLoss
+from facerec.metrics.insightface import check_pairs
 
 
 def load_data(cfg: Config, log: Log = echo) -> tuple[Hw2p2Layout, ImageSet, ImageSet | None, PairSet | None]:
@@ -180,3 +183,34 @@ def epoch_batches(
     for idx, y in zip(order.split(sizes), labels.split(sizes), strict=True):
         x = train.images[idx]
         yield (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+
+
+@dataclasses.dataclass
+class ValBin:
+    """A verification pack scored every epoch: `images` (2N, S, S, 3) uint8, pair i in rows 2i and 2i + 1, and
+    `issame` (N,) bool; `name` is the pack's stem as metric names use it (bin_<name>_acc, bin_<name>_auc)."""
+
+    name: str
+    images: torch.Tensor
+    issame: Any
+
+
+def load_val_bins(cfg: Config, log: Log = echo) -> list[ValBin]:
+    """data.val_bins: each pack read safely (data/binpack.py), checked for the 10-fold protocol and decoded once at
+    data.image_size. A run loads them before its training images, so a missing, unsafe or malformed pack stops it
+    at once, with a DataError naming the file."""
+    bins: list[ValBin] = []
+    for path in cfg.data.val_bins:
+        try:
+            pack = read_pack(path)
+            check_pairs(pack.issame)
+        except ValueError as err:  # DataError included; the protocol's own errors do not name the file
+            where = "" if str(path) in str(err) else f"{path}: "
+            raise DataError(f"data.val_bins: {where}{err}") from None
+        name = re.sub(r"\W", "_", pack.name)
+        if name in {b.name for b in bins}:
+            raise DataError(f"data.val_bins: two packs are named {name!r} (their metrics would clash); rename one")
+        images = decode_pack(pack, cfg.data.image_size, cfg.data.num_workers)
+        log(f"val pack {name}: {len(pack)} pairs ({int(pack.issame.sum())} same) from {path}")
+        bins.append(ValBin(name, images, pack.issame))
+    return bins

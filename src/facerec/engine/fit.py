@@ -210,11 +210,12 @@ def _update_best(parts: FitParts, options: FitOptions, state: FitState, summary:
 
 
 def _shown(summary: dict[str, Any]) -> dict[str, Any]:
-    """What the epoch's summary line shows: training loss, accuracy and speed, and the validation metrics."""
+    """What the epoch's summary line shows: training loss, accuracy and speed, and the validation metrics (val
+    data and data.val_bins packs)."""
     return {
         k: v
         for k, v in summary.items()
-        if k.startswith("val_") or k in ("train_loss", "train_acc", "images_per_s")
+        if k.startswith(("val_", "bin_")) or k in ("train_loss", "train_acc", "images_per_s")
     }
 
 

@@ -16,7 +16,7 @@ from facerec.data.memory import ImageSet
 from facerec.data.pairset import PairSet
 from facerec.engine.build import amp_advice, cpu_has_bf16, resolve_amp, resolve_scoring, use_channels_last
 from facerec.engine.checkpoint import CheckpointError, load_checkpoint, set_rng_state
-from facerec.engine.data import make_sampler
+from facerec.engine.data import ValBin, make_sampler
 from facerec.engine.distributed import (
     DistContext,
     GatherLoss,
@@ -49,6 +49,7 @@ class FitParts:
     scoring: str = "cosine"
     flip_tta: bool = True
     dist: DistContext = field(default_factory=DistContext)  # rank 0 alone validates, logs and writes files
+    bins: list[ValBin] = field(default_factory=list)  # data.val_bins, scored every validation (rank 0)
 
 
 def build_parts(
@@ -60,10 +61,11 @@ def build_parts(
     device: torch.device,
     resume: dict[str, Any] | None,
     log: Log,
+    bins: list[ValBin] | None = None,
 ) -> FitParts:
     """The run's parts around a freshly built `model` and `loss_fn`, for the (train, val, pairs) `data`; `resume`
     is the checkpoint being resumed (None for a new run): weights, optimiser, schedule, weight average, loss
-    scale and the global random state come back from it."""
+    scale and the global random state come back from it. `bins` are the decoded data.val_bins packs."""
     t, o = cfg.train, cfg.optim
     train, val, pairs = data
     cl = use_channels_last(t.channels_last, device)
@@ -97,9 +99,8 @@ def build_parts(
         _step_options(cfg, device, cl, resume, log),
         ema,
     )
-    return FitParts(
-        step, model, loss_fn, train, sampler, val, pairs, resolve_scoring(cfg, loss_fn), t.flip_tta, ctx
-    )
+    scoring = resolve_scoring(cfg, loss_fn)
+    return FitParts(step, model, loss_fn, train, sampler, val, pairs, scoring, t.flip_tta, ctx, bins or [])
 
 
 def _step_options(

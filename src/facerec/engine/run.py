@@ -32,7 +32,14 @@ from facerec.engine.build import (
     use_channels_last,
 )
 from facerec.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from facerec.engine.data import images_on_gpu, load_data, load_train_images, make_sampler, train_image_root
+from facerec.engine.data import (
+    images_on_gpu,
+    load_data,
+    load_train_images,
+    load_val_bins,
+    make_sampler,
+    train_image_root,
+)
 from facerec.engine.distributed import DistContext, init_distributed, shutdown
 from facerec.engine.fit import FitHooks, FitOptions, fit
 from facerec.engine.fit_state import FitState
@@ -101,6 +108,7 @@ def _run(
         torch.backends.cuda.matmul.allow_tf32 = True  # the loss heads run in fp32, outside bf16 autocast
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(t.seed)
+    bins = load_val_bins(cfg, log) if ctx.is_main else []  # first: a bad pack stops the run before the long decode
     with ctx.main_first():  # rank 0 decodes the images into the shared cache, then the others read it
         layout, train_set, val, pairs = load_data(cfg, log)
     if not ctx.is_main:
@@ -108,7 +116,7 @@ def _run(
     if device.type == "cuda":
         train_set = images_on_gpu(train_set, device, log)
     model, loss_fn = build_model(cfg), build_loss_fn(cfg, len(train_set.classes), (ctx.rank, ctx.world_size))
-    parts = build_parts(cfg, model, loss_fn, (train_set, val, pairs), ctx, device, resume_state, log)
+    parts = build_parts(cfg, model, loss_fn, (train_set, val, pairs), ctx, device, resume_state, log, bins)
     state = FitState.from_state_dict(resume_state["fit_state"]) if resume_state is not None else FitState()
     logger = Logger(log, MetricsLog(run_dir) if ctx.is_main else None)
     if ctx.is_main:

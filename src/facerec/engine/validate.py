@@ -1,5 +1,6 @@
-"""Validation during training: closed-set accuracy on the val images and verification metrics on the val pairs,
-through the one scoring path of engine/evaluate.py, of the weight average when the run keeps one."""
+"""Validation during training: closed-set accuracy on the val images, verification metrics on the val pairs and
+insightface's protocol on the data.val_bins packs, through the one scoring path of engine/evaluate.py, of the
+weight average when the run keeps one."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from facerec.engine.evaluate import (
     score_pairs,
 )
 from facerec.engine.parts import FitParts
+from facerec.metrics.insightface import protocol_report
 
 
 def prototypes_for(parts: FitParts, per_class: int = 8) -> torch.Tensor | None:
@@ -36,8 +38,9 @@ def prototypes_for(parts: FitParts, per_class: int = 8) -> torch.Tensor | None:
 
 
 def validate(parts: FitParts) -> tuple[dict[str, float], np.ndarray | None]:
-    """Closed-set accuracy on the val split and verification metrics on the val pairs (whichever exist), of the
-    weight average when the run keeps one."""
+    """Closed-set accuracy on the val split, verification metrics on the val pairs (whichever exist) and each
+    val pack's 10-fold accuracy and AUC (bin_<name>_acc, bin_<name>_auc), of the weight average when the run keeps
+    one."""
     with parts.step.ema.applied() if parts.step.ema is not None else contextlib.nullcontext():
         return _validate(parts)
 
@@ -63,4 +66,7 @@ def _validate(parts: FitParts) -> tuple[dict[str, float], np.ndarray | None]:
             val_threshold=m["best_threshold"],
         )
         pair_scores = s.numpy()
+    for pack in parts.bins:  # data.val_bins: insightface's protocol, which always adds the mirror image
+        r = protocol_report(embed(parts.model, pack.images, dev, flip=True, channels_last=cl), pack.issame)
+        out.update({f"bin_{pack.name}_acc": r["accuracy"], f"bin_{pack.name}_auc": r["auc"]})
     return out, pair_scores
