@@ -95,7 +95,7 @@ def _header(
         return None, None
     header, _ = unpack(file.read(int(offsets[at[0]]), 0), f"header record 0 of {file.path}")
     label = np.asarray(header.label, dtype=np.float64)
-    if len(label) < 2 or not np.isfinite(label[:2]).all() or (label[:2] % 1).any():
+    if len(label) < 2 or not _whole(label[:2]).all():
         raise DataError(f"header record 0 of {file.path}: label {label.tolist()} is not [first id key, end key]")
     first, end = int(label[0]), int(label[1])
     if not 1 <= first < end:
@@ -126,6 +126,12 @@ def _labels(heads: Heads, rows: np.ndarray) -> np.ndarray:
     return np.where(heads.flag[rows] > 0, heads.label_a[rows], heads.label[rows]).astype(np.float64)
 
 
+def _whole(values: np.ndarray) -> np.ndarray:
+    """Which values are finite whole numbers (labels and keys stored as floats)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (np.floor(values) == values)
+
+
 def _max_label(heads: Heads, rows: np.ndarray) -> int:
     labels = _labels(heads, rows)
     labels = labels[np.isfinite(labels)]
@@ -153,7 +159,7 @@ def _image_index(
             f"record {keys[rows[i]]} of {file.path}: its header declares {flag[i]} labels, more than its "
             f"{length[i]} bytes hold; the file is damaged"
         )
-    bad = ~np.isfinite(labels) | (labels % 1 != 0) | (labels < 0) | (labels >= num_classes)
+    bad = ~_whole(labels) | (labels < 0) | (labels >= num_classes)
     if bad.any():
         i = int(np.argmax(bad))
         raise DataError(
@@ -174,7 +180,7 @@ def _check_identities(
     start, stop = heads.label_a[rows], heads.label_b[rows]
     image_end = len(index.keys) + 1
     bad = (heads.flag[rows] < 2) | (heads.cflag[rows] != 0) | (heads.length[rows] < IR_HEADER.size + 8)
-    bad |= ~np.isfinite(start) | ~np.isfinite(stop) | (start % 1 != 0) | (stop % 1 != 0)
+    bad |= ~_whole(start) | ~_whole(stop)
     bad |= ~((start >= 1) & (start <= stop) & (stop <= image_end))
     if bad.any():
         i = int(np.argmax(bad))
