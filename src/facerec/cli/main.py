@@ -62,6 +62,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="folder the pair file's paths are relative to")
     p.add_argument("--scoring", choices=["cosine", "euclidean"], help="override the loss's own scoring")
     p.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
+    _add_match(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto")
 
@@ -72,7 +73,28 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--no-flip", action="store_true")
+    _add_match(p)
     p.add_argument("--device", default="auto")
+
+
+def _match(value: str) -> str:
+    """--match: a matching method's name (inference.matching.Match), checked while parsing."""
+    from facerec.inference.matching import Match
+
+    try:
+        return str(Match.of(value))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_match(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--match",
+        type=_match,
+        metavar="METHOD",
+        help="closed-set matching: centres (classifier logits), mean (class means of the training embeddings) or "
+        "knn[:K]; default mean when the model file holds class means, else centres",
+    )
 
 
 def _add_pack(sub: argparse._SubParsersAction) -> None:
@@ -196,7 +218,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         root = args.root or str(Path(args.pairs).parent)
         result = evaluate_pair_file(fm, args.pairs, root, None, args.scoring, flip)
     elif args.data:
-        result = evaluate_dataset(fm, args.data, args.scoring, flip, log)
+        result = evaluate_dataset(fm, args.data, args.scoring, flip, log, args.match)
     else:
         print("facerec evaluate: give --data DIR, or --pairs FILE [--root DIR]", file=sys.stderr)
         return EXIT_USAGE
@@ -213,7 +235,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from facerec.inference.load import load
 
     fm = load(args.checkpoint, device=_device(args.device))
-    write_submissions(fm, args.data, args.out, flip=not args.no_flip)
+    write_submissions(fm, args.data, args.out, flip=not args.no_flip, match=args.match)
     return 0
 
 

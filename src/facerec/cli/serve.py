@@ -32,6 +32,17 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="(.onnx) use the torch.export-based exporter (needs onnxscript) instead of the TorchScript one",
     )
     p.add_argument("--no-check", action="store_true", help="(.onnx) skip comparing ONNX Runtime with PyTorch")
+    p.add_argument(
+        "--train-data",
+        metavar="DATA",
+        help="(.pt) also store the class means of the model's training images in DATA (the dataset folder or pack "
+        "it trained on): closed-set matching by 'mean', then the default (docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--train-embeddings",
+        action="store_true",
+        help="(with --train-data) also store every training image's embedding, fp16, for --match knn",
+    )
 
 
 def _add_ensemble(sub: argparse._SubParsersAction) -> None:
@@ -79,6 +90,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device for .pt models (default cpu)")
 
 
+def _train_set(args: argparse.Namespace) -> dict:
+    """--train-data: the model file entries closed-set matching needs (evaluation.datasets.train_set_entries)."""
+    from facerec.evaluation.datasets import train_set_entries
+    from facerec.inference.model import load_model_file
+
+    return train_set_entries(load_model_file(args.checkpoint), args.train_data, args.train_embeddings)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the `export`, `ensemble` and `serve` subcommands to facerec's parser."""
     _add_export(sub)
@@ -89,8 +108,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from facerec.inference.export import compare_onnx, export_model
 
+    if args.train_embeddings and not args.train_data:
+        print("facerec export: --train-embeddings needs --train-data DATA", file=sys.stderr)
+        return 2
+    extra = _train_set(args) if args.train_data else None
     try:
-        paths = export_model(args.checkpoint, args.out, half=args.half, opset=args.opset, dynamo=args.dynamo)
+        paths = export_model(args.checkpoint, args.out, args.half, args.opset, args.dynamo, extra)
     except ImportError as err:  # --dynamo without onnxscript, or a torch build without ONNX export
         hint = "pip install onnxscript, or drop --dynamo" if args.dynamo else "pip install 'facerec[onnx]'"
         print(f"facerec export: {err}; {hint}", file=sys.stderr)

@@ -1,7 +1,10 @@
 """Checkpoints: one dict of tensors and plain Python values, written atomically, read without unpickling code.
 
 Layout: {"format": "facerec", "version": 1, "config": dict, "classes": [str], "epoch": int, "model": state_dict,
-"loss": state_dict, and optionally "optimizer", "schedule", "rng", "metrics", "best", "prototypes", "threshold"}.
+"loss": state_dict, and optionally "optimizer", "schedule", "rng", "metrics", "best", "prototypes", "threshold",
+"train_embeddings" + "train_labels"}. "prototypes" (C, D) are the class means of the training embeddings and
+"train_embeddings" (M, D, unit length, fp16) the embeddings themselves: what closed-set matching by "mean" and
+"knn" needs (inference/matching.py).
 `torch.load(..., weights_only=True)` accepts exactly such content and refuses pickled code objects.
 """
 
@@ -92,21 +95,32 @@ INFERENCE_KEYS = (
     "threshold_source",
     "threshold_far",
     "prototypes",
+    "train_embeddings",
+    "train_labels",
     "metrics",
     "epoch",
 )
 
 
-def export_inference(src: str | Path, dst: str | Path, half: bool = False) -> Path:
+def export_inference(
+    src: str | Path, dst: str | Path, half: bool = False, extra: dict[str, Any] | None = None
+) -> Path:
     """Write the inference part of a training checkpoint (no optimiser or RNG state) to `dst`.
 
     `half` stores floating-point tensors as fp16 (about half the size; `FaceModel.load` casts them back).
+    `extra` adds or replaces entries (inference.matching.train_set_state: the class means and training
+    embeddings); the network and loss weights are copied as they are (unless `half`).
     """
     state = load_checkpoint(src)
     if "ensemble" in state:  # facerec.inference.ensemble: the members are inference states already
+        if extra:
+            raise CheckpointError(
+                f"{src} is an ensemble: add the training embeddings to each member model (facerec export "
+                "--train-data) and build the ensemble from them again"
+            )
         slim = dict(state, ensemble=[_halved(m) if half else m for m in state["ensemble"]])
         return save_checkpoint(slim, dst)
-    slim = {k: state[k] for k in INFERENCE_KEYS if k in state}
+    slim = {**{k: state[k] for k in INFERENCE_KEYS if k in state}, **(extra or {})}
     return save_checkpoint(_halved(slim) if half else slim, dst)
 
 

@@ -7,15 +7,18 @@ from typing import Any
 
 import torch
 
+from facerec.config import config_from_dict, config_to_dict
 from facerec.data.folder import DataError
 from facerec.data.holdout import split_validation
 from facerec.data.hw2p2 import detect_layout
-from facerec.data.memory import load_flat_images, load_identity_folders
+from facerec.data.memory import ImageSet, load_flat_images, load_identity_folders
 from facerec.data.pack import image_root, is_pack, read_meta
 from facerec.data.pairset import PairSet, load_pairset
 from facerec.engine.data import load_train_images, train_image_root
 from facerec.engine.evaluate import evaluate_closed_set, evaluate_pairs
-from facerec.inference.model import FaceModel
+from facerec.errors import CheckpointError
+from facerec.inference.matching import train_set_state
+from facerec.inference.model import EnsembleFaceModel, FaceModel
 from facerec.metrics.scoring import Scoring
 from facerec.outputs.submission import classification_test_ids, write_classification_csv, write_verification_csv
 
@@ -27,19 +30,31 @@ def pair_scores_for(fm: FaceModel, pairs: PairSet, scoring: str | None = None, f
     return Scoring.of(scoring or fm.scoring).indexed_pairs(e, pairs.idx_a, pairs.idx_b)
 
 
-def evaluate_split(fm: FaceModel, split_dir: str | Path, flip: bool = True, log=print) -> dict[str, float]:
-    """Top-1 / top-5 accuracy on a labelled identity-folder split, labels matched to the model by folder name."""
+def evaluate_split(
+    fm: FaceModel, split_dir: str | Path, flip: bool = True, log=print, match: str | None = None
+) -> dict[str, Any]:
+    """Top-1 / top-5 accuracy on a labelled identity-folder split, labels matched to the model by folder name;
+    `match`: the closed-set matching method (inference/matching.py; default the model's own)."""
     data = load_identity_folders(split_dir, fm.image_size, fm.classes, cache=False, log=log)
-    return _accuracy(fm, data.images, data.labels, flip)
+    return _accuracy(fm, data.images, data.labels, flip, match)
 
 
-def _accuracy(fm: FaceModel, images: torch.Tensor, labels: torch.Tensor, flip: bool) -> dict[str, float]:
-    m = evaluate_closed_set(fm.class_scores(images, flip=flip), labels)
-    return {"accuracy": m["acc"], "top5": m["top5"], "n_images": len(labels)}
+def _accuracy(
+    fm: FaceModel, images: torch.Tensor, labels: torch.Tensor, flip: bool, match: str | None = None
+) -> dict[str, Any]:
+    m = evaluate_closed_set(fm.class_scores(images, flip=flip, match=match), labels)
+    out: dict[str, Any] = {"accuracy": m["acc"], "top5": m["top5"], "n_images": len(labels)}
+    used = match or getattr(fm, "match", None)  # the matching method behind the accuracy, when the model says
+    return {**out, "match": str(used)} if used else out
 
 
 def evaluate_held_out(
-    fm: FaceModel, root: str | Path, scoring: str | None = None, flip: bool = True, log=print
+    fm: FaceModel,
+    root: str | Path,
+    scoring: str | None = None,
+    flip: bool = True,
+    log=print,
+    match: str | None = None,
 ) -> dict[str, Any]:
     """What a run with `data.holdout` / `data.val_per_class` validated on, rebuilt from its config and its
     training data (`root`: the identity folders, or the pack, it trained on): accuracy on the val images,
@@ -65,7 +80,7 @@ def evaluate_held_out(
     )
     out: dict[str, Any] = {}
     if val is not None:
-        out.update(_accuracy(fm, val.images, val.labels, flip))
+        out.update(_accuracy(fm, val.images, val.labels, flip, match))
     if pairs is not None and pairs.labels is not None:
         out.update(
             evaluate_pairs(pair_scores_for(fm, pairs, scoring, flip), pairs.labels), scoring=scoring or fm.scoring
@@ -93,14 +108,19 @@ def evaluate_pair_file(
 
 
 def evaluate_dataset(
-    fm: FaceModel, data: str | Path, scoring: str | None = None, flip: bool = True, log=print
+    fm: FaceModel,
+    data: str | Path,
+    scoring: str | None = None,
+    flip: bool = True,
+    log=print,
+    match: str | None = None,
 ) -> dict[str, Any]:
     """Everything labelled that a dataset folder holds: the val split (accuracy) and val pairs (AUC, ...). On the
     model's own training folder (or pack), what its run held out of it, when it held something out."""
     held_out = fm.config.data.holdout or fm.config.data.val_per_class
     if is_pack(data):
         if _trained_on(fm, Path(data)) and held_out:
-            return evaluate_held_out(fm, data, scoring, flip, log)
+            return evaluate_held_out(fm, data, scoring, flip, log, match)
         raise DataError(
             f"{data} is a pack: training images only, without a val split or pair file. Evaluate on "
             f"the dataset it was made from ({read_meta(data).get('source', 'its source folder')}), or "
@@ -111,13 +131,13 @@ def evaluate_dataset(
     split = layout.val if layout.kind != "folder" else layout.train
     if layout.kind == "folder" and _trained_on(fm, layout.train):
         if held_out:
-            return evaluate_held_out(fm, layout.train, scoring, flip, log)
+            return evaluate_held_out(fm, layout.train, scoring, flip, log, match)
         log(
             f"warning: {layout.train} is the folder this model trained on, so its accuracy is on training images. "
             "Train with data.holdout=0.1 and/or data.val_per_class=2 to keep validation out of it"
         )
     if split is not None:
-        out.update(evaluate_split(fm, split, flip, log))
+        out.update(evaluate_split(fm, split, flip, log, match))
     if layout.pairs_val is not None:
         out.update(evaluate_pair_file(fm, layout.pairs_val, layout.root, layout.verification, scoring, flip))
     if not out:
@@ -136,9 +156,10 @@ def _trained_on(fm: FaceModel, folder: Path) -> bool:
 
 
 def write_submissions(
-    fm: FaceModel, data: str | Path, out_dir: str | Path, flip: bool = True, log=print
+    fm: FaceModel, data: str | Path, out_dir: str | Path, flip: bool = True, log=print, match: str | None = None
 ) -> list[Path]:
-    """classification_submission.csv and verification_submission.csv, in the sample submissions' row order."""
+    """classification_submission.csv and verification_submission.csv, in the sample submissions' row order;
+    `match`: the closed-set matching method of the classification file (default the model's own)."""
     layout = detect_layout(data)
     out_dir = Path(out_dir)
     try:
@@ -148,7 +169,7 @@ def write_submissions(
     written = []
     if layout.test is not None:
         ids, paths = classification_test_ids(layout)  # the sample's order, checked against test_data/
-        scores = fm.class_scores(load_flat_images(paths, fm.image_size), flip=flip)
+        scores = fm.class_scores(load_flat_images(paths, fm.image_size), flip=flip, match=match)
         labels = [fm.classes[i] for i in scores.argmax(1).tolist()]
         path = out_dir / "classification_submission.csv"
         write_classification_csv(path, ids, labels, layout.class_sample)
@@ -164,3 +185,38 @@ def write_submissions(
     if not written:
         raise DataError(f"{data} has no test_data/ and no test pair file: nothing to predict")
     return written
+
+
+def training_images(fm: FaceModel, data: str | Path, log=print) -> ImageSet:
+    """The images `fm` trained on, labelled by its classes: the training split of `data` (the dataset folder or
+    pack it trained on) as its run read it (data.max_per_class, data.max_classes), less what the run held out
+    (data.holdout / data.val_per_class, rebuilt from its seed). DataError when they are not the model's people."""
+    cfg = config_from_dict(config_to_dict(fm.config))
+    cfg.data.root = str(data)
+    train_dir = Path(data) if is_pack(data) else detect_layout(data).train
+    train = load_train_images(cfg, train_dir, log)
+    d = cfg.data
+    if d.holdout or d.val_per_class:
+        train = split_validation(train, d.holdout, d.holdout_pairs, d.val_per_class, cfg.train.seed, None)[0]
+    if train.classes != fm.classes:
+        raise DataError(
+            f"{data} is not the data this model trained on: its training split holds {len(train.classes)} "
+            f"identities, the model {len(fm.classes)} (or they differ by name); give the dataset folder or pack "
+            f"it trained on ({fm.config.data.root or 'its config data.root'})"
+        )
+    return train
+
+
+def train_set_entries(
+    fm: FaceModel, data: str | Path, keep_embeddings: bool = False, log=print
+) -> dict[str, torch.Tensor]:
+    """The model-file entries closed-set matching by "mean" (and, with `keep_embeddings`, "knn") needs:
+    inference.matching.train_set_state of the flip-TTA embeddings of `training_images(fm, data)`."""
+    if isinstance(fm, EnsembleFaceModel):
+        raise CheckpointError(
+            "an ensemble file: add the training embeddings to each member model (facerec export --train-data) "
+            "and build the ensemble from them again"
+        )
+    train = training_images(fm, data, log)
+    log(f"embedding {len(train)} training images of {len(train.classes)} identities (flip TTA)")
+    return train_set_state(fm.embed(train.images, flip=True), train.labels, len(fm.classes), keep_embeddings)

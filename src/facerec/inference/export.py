@@ -104,6 +104,7 @@ def _class_head(fm: FaceModel, opset: int, can_store: bool) -> tuple[bytes | Non
         "input": {"name": HEAD_INPUT, "shape": ["N", width]},
         "output": {"name": HEAD_OUTPUT, "shape": ["N", len(fm.classes)]},
         "rule": "class_scores = head(features of x + features of x flipped); argmax indexes classes",
+        "match": str(fm.match) if fm.match is not None else "each member's default",
     }
     return buf.getvalue(), spec
 
@@ -152,13 +153,24 @@ def compare_onnx(checkpoint: str | Path, onnx_path: str | Path, batch: int = 4, 
 
 
 def export_model(
-    checkpoint: str | Path, out: str | Path, half: bool = False, opset: int = DEFAULT_OPSET, dynamo: bool = False
+    checkpoint: str | Path,
+    out: str | Path,
+    half: bool = False,
+    opset: int = DEFAULT_OPSET,
+    dynamo: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Dispatch on the output suffix: .pt/.pth -> slim inference checkpoint, .onnx -> ONNX + sidecar."""
+    """Dispatch on the output suffix: .pt/.pth -> slim inference checkpoint (plus `extra` entries: the training
+    embeddings of inference.matching.train_set_state), .onnx -> ONNX + sidecar."""
     suffix = Path(out).suffix.lower()
     if suffix in PT_SUFFIXES:
-        return [export_inference(checkpoint, out, half=half)]
+        return [export_inference(checkpoint, out, half=half, extra=extra)]
     if suffix in ONNX_SUFFIXES:
+        if extra:
+            raise ValueError(
+                "--train-data writes a .pt model file; export that file to ONNX afterwards (its class head then "
+                "matches by the class means)"
+            )
         if half:
             raise ValueError("--half applies to .pt exports only; ONNX models are exported in fp32")
         return list(export_onnx(checkpoint, out, opset=opset, dynamo=dynamo))

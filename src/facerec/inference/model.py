@@ -18,10 +18,11 @@ from torch import nn
 from facerec.config import Config, config_from_dict, config_to_dict
 from facerec.data.images import ImageLike, decode_batch
 from facerec.engine.checkpoint import load_checkpoint
-from facerec.engine.evaluate import class_scores, embed
+from facerec.engine.evaluate import embed
 from facerec.errors import CheckpointError, FacerecError
 from facerec.inference.ensemble import EnsembleEmbedder, WithMemberEmbeddings, check_compatible
-from facerec.inference.network import ClassHead, EnsembleHead, log_prob_mean, loss_from_state, network_from_state
+from facerec.inference.matching import Match, Matcher, stored_train_set
+from facerec.inference.network import EnsembleHead, log_prob_mean, loss_from_state, network_from_state
 from facerec.inference.protocol import Images, PairVerifier, Verdict, top_k, weights_fingerprint
 from facerec.losses.base import CombinedLoss
 from facerec.metrics.scoring import Scoring
@@ -42,6 +43,7 @@ class FaceModel(PairVerifier):
         threshold: float | None = None,
         prototypes: torch.Tensor | None = None,
         device: str = "cpu",
+        train: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -50,6 +52,9 @@ class FaceModel(PairVerifier):
         self.threshold = threshold
         self.prototypes = prototypes
         self.image_size = cfg.data.image_size
+        # closed-set matching (inference/matching.py): class centres, class means, or kNN over `train`
+        self.matcher = Matcher(self.loss_fn, prototypes, train, len(classes))
+        self.match: Match | None = self.matcher.default
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> FaceModel:
@@ -71,6 +76,7 @@ class FaceModel(PairVerifier):
             stored_threshold(state.get("threshold")),
             None if protos is None else protos.float(),
             str(device),
+            stored_train_set(state, len(state["classes"]), cfg.model.embedding_dim),
         )
 
     @property
@@ -81,14 +87,19 @@ class FaceModel(PairVerifier):
         """Images (paths, bytes, PIL images, HxWx3 arrays, or a uint8 (N,S,S,3) tensor) -> (N, D) embeddings."""
         return embed(self.model, decode_batch(images, self.image_size), self.device, flip=flip)
 
-    def class_scores(self, images: Images, flip: bool = True) -> torch.Tensor:
-        """(N, C) closed-set scores over the training identities (the classifier's logits, or cosine similarity
-        to class prototypes for losses without one); the argmax is the predicted identity."""
-        return class_scores(self.embed(images, flip=flip), self.loss_fn, self.prototypes)
+    def class_scores(self, images: Images, flip: bool = True, match: str | None = None) -> torch.Tensor:
+        """(N, C) closed-set scores over the training identities; the argmax is the predicted identity.
+
+        `match` (inference/matching.py): "centres" (the classifier's logits), "mean" (cosine similarity to the
+        class means of the training embeddings) or "knn[:K]"; default `self.match`: "mean" when the file holds
+        class means, else "centres"."""
+        self.matcher.resolve(match)  # an unknown method, or one without its data, fails before embedding
+        return self.matcher.scores(self.embed(images, flip=flip), match)
 
     def class_head(self) -> nn.Module:
-        """(N, D) flip-summed embeddings -> (N, C) `class_scores`, as a module (what the ONNX export stores)."""
-        return ClassHead(self.loss_fn, self.prototypes)
+        """(N, D) flip-summed embeddings -> (N, C) `class_scores` by the default method, as a module (what the
+        ONNX export stores)."""
+        return self.matcher.head()
 
     def export_network(self) -> nn.Module:
         """The network the ONNX export traces: (N, 3, S, S) -> (N, D) embedding (one pass, no flip)."""
@@ -117,21 +128,23 @@ class EnsembleFaceModel(FaceModel):
         net = EnsembleEmbedder([m.model for m in self.members], Scoring.of(first.scoring).unit_length)
         cfg.model.embedding_dim = net.embedding_dim
         super().__init__(net, first.loss_fn, cfg, first.classes, first.scoring, threshold, None, str(first.device))
+        defaults = {str(m.match) for m in self.members}  # each member matches by its own default
+        self.match = first.match if len(defaults) == 1 else None
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: str = "cpu") -> EnsembleFaceModel:
         members = [FaceModel.from_state(s, device) for s in state["ensemble"]]
         return cls(members, stored_threshold(state.get("threshold")))
 
-    def class_scores(self, images: Images, flip: bool = True) -> torch.Tensor:
-        """(N, C) probabilities over the identities: the normalised geometric mean of the members'
-        (inference.network.log_prob_mean)."""
+    def class_scores(self, images: Images, flip: bool = True, match: str | None = None) -> torch.Tensor:
+        """(N, C) probabilities over the identities: the normalised geometric mean of the members' (each by
+        `match`, default its own: inference.network.log_prob_mean)."""
         u8 = decode_batch(images, self.image_size)
-        return log_prob_mean([m.class_scores(u8, flip) for m in self.members])
+        return log_prob_mean([m.class_scores(u8, flip, match) for m in self.members])
 
     def class_head(self) -> nn.Module:
         """(N, sum D_i) the members' flip-summed raw embeddings side by side -> (N, C) `class_scores`."""
-        heads = [ClassHead(m.loss_fn, m.prototypes) for m in self.members]
+        heads = [m.matcher.head() for m in self.members]
         return EnsembleHead(heads, [int(m.config.model.embedding_dim) for m in self.members])
 
     def export_network(self) -> nn.Module:

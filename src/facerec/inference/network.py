@@ -42,7 +42,7 @@ def loss_from_state(state: dict[str, Any], cfg: Config) -> CombinedLoss:
 class ClassHead(nn.Module):
     """(N, D) flip-summed embeddings -> (N, C) closed-set scores: `engine.evaluate.class_scores` as a module."""
 
-    def __init__(self, loss_fn: CombinedLoss, prototypes: torch.Tensor | None) -> None:
+    def __init__(self, loss_fn: CombinedLoss | None, prototypes: torch.Tensor | None) -> None:
         super().__init__()
         self.loss_fn = loss_fn
         self.prototypes = prototypes
@@ -50,7 +50,7 @@ class ClassHead(nn.Module):
     @property
     def available(self) -> bool:
         """Whether there is something to score classes with: a classifier, or class prototypes."""
-        return bool(self.loss_fn.has_logits) or self.prototypes is not None
+        return (self.loss_fn is not None and bool(self.loss_fn.has_logits)) or self.prototypes is not None
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return class_scores(embeddings, self.loss_fn, self.prototypes)

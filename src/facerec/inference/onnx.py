@@ -21,6 +21,7 @@ import torch
 from facerec.config import config_from_dict
 from facerec.data.images import decode_batch
 from facerec.engine.checkpoint import CheckpointError
+from facerec.inference.matching import ONNX_METHODS, Match
 from facerec.inference.model import FaceModel, load_model_file, stored_threshold
 from facerec.inference.protocol import Images, PairVerifier
 from facerec.inference.sidecar import CLASS_HEAD_KEY, HEAD_INPUT, INPUT_NAME, OUTPUT_NAME, is_onnx, read_metadata
@@ -80,6 +81,8 @@ class OnnxFaceModel(PairVerifier):
             spec = self.meta["class_scores"] if self.has_class_scores else None
             # the class head's input: the graph output it takes, and its width
             self._head_input = None if spec is None else (str(spec["features"]), int(spec["input"]["shape"][1]))
+            # the closed-set matching method its class head runs (inference/matching.py); None: not recorded
+            self.match: str | None = None if spec is None or "match" not in spec else str(spec["match"])
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:  # ConfigError too
             raise CheckpointError(f"the facerec metadata of {self.path} is damaged ({err!r:.300})") from None
         if self.image_size != self.config.data.image_size:
@@ -173,8 +176,17 @@ class OnnxFaceModel(PairVerifier):
         self._head = self._session(graph)
         return self._head
 
-    def class_scores(self, images: Images, flip: bool = True, batch_size: int = 256) -> torch.Tensor:
-        """(N, C) closed-set scores over `classes`, as the checkpoint's `class_scores` gives them."""
+    def class_scores(
+        self, images: Images, flip: bool = True, match: str | None = None, batch_size: int = 256
+    ) -> torch.Tensor:
+        """(N, C) closed-set scores over `classes`, as the checkpoint's `class_scores` gives them (by its default
+        matching method, the one the stored head runs; another `match` is a ValueError)."""
+        if match is not None and (self.match is None or str(Match.of(match)) != self.match):
+            raise ValueError(
+                f"{self.path} scores classes by {self.match or 'its checkpoint default'} only: an ONNX export "
+                f"stores one class head, matching by {' or '.join(ONNX_METHODS)}; to match by {match!r}, use the "
+                ".pt model file (or export one whose default it is)"
+            )
         head = self._class_head()
         features = self._features(images, self._head_input[0], flip, batch_size)
         if len(features) == 0:

@@ -61,8 +61,9 @@ class FaceModelLike(Protocol):
 
     def verify(self, a: ImageLike, b: ImageLike, threshold: float | None = None) -> Verdict: ...
 
-    def class_scores(self, images: Images, flip: bool = True) -> torch.Tensor:
-        """(N,) images -> (N, C) closed-set scores over `classes`; the argmax is the predicted identity."""
+    def class_scores(self, images: Images, flip: bool = True, match: str | None = None) -> torch.Tensor:
+        """(N,) images -> (N, C) closed-set scores over `classes`; the argmax is the predicted identity. `match`:
+        the matching method (inference/matching.py: centres, mean, knn[:K]; default the model's own)."""
         ...
 
     def classify(self, images: Images, k: int = 1) -> list[list[tuple[str, float]]]: ...
@@ -97,7 +98,7 @@ class PairVerifier:
     def embed(self, images: Images, flip: bool = True) -> torch.Tensor:
         raise NotImplementedError
 
-    def class_scores(self, images: Images, flip: bool = True) -> torch.Tensor:
+    def class_scores(self, images: Images, flip: bool = True, match: str | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def score(self, a: ImageLike, b: ImageLike) -> float:
