@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from facerec.errors import DataError
+from facerec.photos.warp import TEMPLATES
 
 if TYPE_CHECKING:
     import torch
@@ -37,12 +38,27 @@ def add_align_switch(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="resize each photo whole to the model's input instead (photos that are face crops already)",
     )
+    add_template_flag(p)
+
+
+def add_template_flag(p: argparse.ArgumentParser) -> None:
+    """--align-template: the framing aligned faces are warped to (photos/warp.py TEMPLATES)."""
+    p.add_argument(
+        "--align-template",
+        choices=list(TEMPLATES),
+        help="framing of the aligned faces, scaled to the crop size: facehw (HW2P2's 64x64 crops) or arcface "
+        "(insightface's 112x112 five-point template); default: the model's data.align_template (facehw for "
+        "`facerec align`)",
+    )
 
 
 def add_align_flags(p: argparse.ArgumentParser, switch: bool = True) -> None:
-    """The alignment switch (unless `switch` is False: `facerec align` always aligns), --min-score, --device."""
+    """The alignment switch (unless `switch` is False: `facerec align` always aligns), --align-template,
+    --min-score, --device."""
     if switch:
         add_align_switch(p)
+    else:
+        add_template_flag(p)
     p.add_argument("--min-score", type=float, default=0.9, help="lowest MTCNN face probability kept (default 0.9)")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
 
@@ -70,12 +86,14 @@ def _device(args: argparse.Namespace) -> str:
 
 def aligner_for(args: argparse.Namespace, size: int = 64) -> Any:
     """A FaceAligner for `size` x `size` crops (the model's input size), or None under --no-align. MTCNN loads on
-    the first photo that needs it, so crops of the model's size embed without the photos extra."""
+    the first photo that needs it, so crops of the model's size embed without the photos extra. Its template is
+    --align-template, else the model's (photos.embed.embed_photos passes it to FaceAligner.crop)."""
     if not getattr(args, "align", True):
         return None
     from facerec.photos.align import FaceAligner
 
-    return FaceAligner(size=size, min_score=getattr(args, "min_score", 0.9), device=_device(args))
+    min_score, template = getattr(args, "min_score", 0.9), getattr(args, "align_template", None)
+    return FaceAligner(size=size, min_score=min_score, device=_device(args), template=template)
 
 
 def load_model(args: argparse.Namespace) -> Any:

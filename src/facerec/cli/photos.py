@@ -26,7 +26,7 @@ from facerec.cli.options import (
 def _add_align(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "align",
-        help="detect + align the faces of a folder of photos into a 64x64 dataset",
+        help="detect + align the faces of a folder of photos into a dataset of --size crops (default 64x64)",
         description="Turn IN_DIR (identity folders, or flat) into OUT_DIR with the same structure, "
         "one aligned face crop per photo, framed like the training data.",
     )

@@ -156,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     aligner = None
     if args.align:  # the default: refuse to start rather than serve photos the model cannot read
-        aligner = load_aligner(model.image_size)
+        aligner = load_aligner(model.image_size, args.align_template or model.config.data.align_template)
         if isinstance(aligner, Unavailable):
             print(f"facerec serve: {aligner.reason}", file=sys.stderr)
             return 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -22,27 +22,33 @@ from PIL import Image, ImageOps
 from facerec.errors import DataError
 
 ImageLike = str | Path | bytes | Image.Image | np.ndarray
+OnResize = Callable[[int, int], None]  # told (width, height) of an image that is resized to the model's size
 MAX_PIXELS = 64_000_000
 _EXIF_ORIENTATION = 0x0112
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
 
-def decode_image(source: ImageLike | BinaryIO, size: int, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_image(
+    source: ImageLike | BinaryIO, size: int, *, max_pixels: int = MAX_PIXELS, on_resize: OnResize | None = None
+) -> np.ndarray:
     """Any image -> RGB uint8 (size, size, 3).
 
     Images already size x size are not resampled; others are resized with antialiased bilinear filtering (the
-    aspect ratio is not kept: faces are square crops). Big JPEGs are DCT-downscaled while decoding (PIL draft
-    mode), which is much faster. Raises DataError naming the file: it does not exist, is not an image (or is
-    corrupt), or has more than `max_pixels` pixels.
+    aspect ratio is not kept: faces are square crops), and `on_resize(width, height)` is told their size. Big
+    JPEGs are DCT-downscaled while decoding (PIL draft mode), which is much faster. Raises DataError naming the
+    file: it does not exist, is not an image (or is corrupt), or has more than `max_pixels` pixels.
     """
     if isinstance(source, Image.Image):
-        return _resized(_to_rgb(source), size)
+        return _resized(_to_rgb(source), size, on_resize)
     if isinstance(source, np.ndarray):
-        return _resized(_to_rgb(_from_array(source)), size)
+        return _resized(_to_rgb(_from_array(source)), size, on_resize)
     with _opened(source, max_pixels) as img:
+        if on_resize is not None and img.size != (size, size):
+            on_resize(*img.size)  # the file's own size (a JPEG draft below may shrink it first)
+            on_resize = None
         if img.format == "JPEG" and (img.width > size or img.height > size):
             img.draft(img.mode, (size, size))  # keeps both sides >= size
-        return _resized(_to_rgb(_upright(img)), size)
+        return _resized(_to_rgb(_upright(img)), size, on_resize)
 
 
 def open_image(source: ImageLike | BinaryIO, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -65,14 +71,31 @@ def load_image(path: str | Path | BinaryIO, size: int, *, max_pixels: int = MAX_
         return None
 
 
-def decode_batch(images: Sequence[ImageLike] | torch.Tensor, size: int) -> torch.Tensor:
-    """Paths, bytes, PIL images or HxWx3 arrays -> uint8 (N, size, size, 3); a uint8 (N, S, S, 3) tensor is
-    passed through as it is (already decoded)."""
+def decode_batch(
+    images: Sequence[ImageLike] | torch.Tensor, size: int, on_resize: OnResize | None = None
+) -> torch.Tensor:
+    """Paths, bytes, PIL images, HxWx3 arrays, or a uint8 (N, H, W, 3) tensor -> uint8 (N, size, size, 3).
+
+    A tensor is taken as already decoded: passed through as it is when H = W = size, else each image is resized
+    as `decode_image` resizes an array (antialiased bilinear), so a tensor and the same images as arrays give the
+    same pixels. `on_resize(width, height)` is told the size of every image that is resized. DataError for a
+    tensor that is not uint8 (N, H, W, 3).
+    """
     if isinstance(images, torch.Tensor):
-        return images
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise DataError(
+                f"expected decoded images as a uint8 (N, H, W, 3) tensor, got {images.dtype} "
+                f"{tuple(images.shape)}; pass paths, PIL images or arrays instead, or convert to uint8 RGB"
+            )
+        if images.shape[1:3] == (size, size):
+            return images
+        if images.shape[0] == 0:
+            return torch.zeros(0, size, size, 3, dtype=torch.uint8)
+        arrays = images.cpu().numpy()
+        return torch.from_numpy(np.stack([decode_image(a, size, on_resize=on_resize) for a in arrays]))
     if not images:
         return torch.zeros(0, size, size, 3, dtype=torch.uint8)
-    return torch.from_numpy(np.stack([decode_image(item, size) for item in images]))
+    return torch.from_numpy(np.stack([decode_image(item, size, on_resize=on_resize) for item in images]))
 
 
 @contextmanager
@@ -117,8 +140,11 @@ def _from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def _resized(rgb: Image.Image, size: int) -> np.ndarray:
+def _resized(rgb: Image.Image, size: int, on_resize: OnResize | None = None) -> np.ndarray:
+    """PIL's bilinear resize is antialiased: its filter widens with the shrink factor."""
     if rgb.size != (size, size):
+        if on_resize is not None:
+            on_resize(*rgb.size)
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
 

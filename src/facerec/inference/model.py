@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from facerec.config import Config, config_from_dict, config_to_dict
-from facerec.data.images import ImageLike, decode_batch
+from facerec.data.images import ImageLike
 from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.evaluate import embed
 from facerec.errors import CheckpointError, FacerecError
@@ -31,7 +31,8 @@ __all__ = ["EnsembleFaceModel", "FaceModel", "ImageLike", "PairVerifier", "Verdi
 
 
 class FaceModel(PairVerifier):
-    """A trained face model ready for inference on 64x64-style aligned face crops (any size is resized)."""
+    """A trained face model ready for inference on aligned face crops of its `image_size` (the config's
+    data.image_size; other sizes are resized, with one ImageSizeWarning per model: PairVerifier.decode)."""
 
     def __init__(
         self,
@@ -85,7 +86,7 @@ class FaceModel(PairVerifier):
 
     def embed(self, images: Images, flip: bool = True) -> torch.Tensor:
         """Images (paths, bytes, PIL images, HxWx3 arrays, or a uint8 (N,S,S,3) tensor) -> (N, D) embeddings."""
-        return embed(self.model, decode_batch(images, self.image_size), self.device, flip=flip)
+        return embed(self.model, self.decode(images), self.device, flip=flip)
 
     def class_scores(self, images: Images, flip: bool = True, match: str | None = None) -> torch.Tensor:
         """(N, C) closed-set scores over the training identities; the argmax is the predicted identity.
@@ -139,7 +140,7 @@ class EnsembleFaceModel(FaceModel):
     def class_scores(self, images: Images, flip: bool = True, match: str | None = None) -> torch.Tensor:
         """(N, C) probabilities over the identities: the normalised geometric mean of the members' (each by
         `match`, default its own: inference.network.log_prob_mean)."""
-        u8 = decode_batch(images, self.image_size)
+        u8 = self.decode(images)
         return log_prob_mean([m.class_scores(u8, flip, match) for m in self.members])
 
     def class_head(self) -> nn.Module:

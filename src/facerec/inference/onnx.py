@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from facerec.config import config_from_dict
-from facerec.data.images import decode_batch
 from facerec.engine.checkpoint import CheckpointError
 from facerec.inference.matching import ONNX_METHODS, Match
 from facerec.inference.model import FaceModel, load_model_file, stored_threshold
@@ -134,7 +133,7 @@ class OnnxFaceModel(PairVerifier):
 
     def _features(self, images: Images, output: str, flip: bool, batch_size: int) -> torch.Tensor:
         """Images -> (N, F) float32 values of the graph output `output`, summed over the image and its mirror."""
-        u8 = decode_batch(images, self.image_size).numpy()
+        u8 = self.decode(images).numpy()  # resized, with one warning, when not image_size
         out = []
         for start in range(0, u8.shape[0], batch_size):
             # the same float32 ops as data.augment.to_input: permute, /127.5, -1

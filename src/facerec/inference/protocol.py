@@ -8,6 +8,8 @@ each of them works with each kind of file.
 from __future__ import annotations
 
 import hashlib
+import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from facerec.config import Config
-from facerec.data.images import ImageLike
+from facerec.data.images import ImageLike, decode_batch
 from facerec.metrics.scoring import Scoring
 
 # files, bytes, PIL images, HxWx3 arrays, or already decoded uint8 (N, S, S, 3)
@@ -88,12 +90,40 @@ def weights_fingerprint(network: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-class PairVerifier:
-    """`score`, `verify` and `classify` on top of `embed` and `class_scores`: shared by every backend."""
+class ImageSizeWarning(UserWarning):
+    """A model was given images of another size than the one it was trained at: they are resized to it."""
 
+
+class PairVerifier:
+    """`decode`, and `score`, `verify` and `classify` on top of `embed` and `class_scores`: shared by every
+    backend."""
+
+    image_size: int
     scoring: str
     threshold: float | None
     classes: list[str]
+    _size_warned: bool = False
+
+    def decode(self, images: Images) -> torch.Tensor:
+        """Images -> the uint8 (N, S, S, 3) the network takes, S = image_size (data.images.decode_batch).
+
+        Images of another size (files, arrays or an (N, H, W, 3) tensor alike) are resized, antialiased; the first
+        time a model is given one it says so with an ImageSizeWarning naming both sizes: once per model, not per
+        batch, since a caller that feeds 112x112 crops to a 64x64 model usually does it for every batch.
+        """
+        return decode_batch(images, self.image_size, on_resize=self._resizing)
+
+    def _resizing(self, width: int, height: int) -> None:
+        if self._size_warned:
+            return
+        self._size_warned = True
+        s = self.image_size
+        warnings.warn(
+            f"this model was trained on {s}x{s} images and was given a {width}x{height} one: images of another "
+            f"size are resized to {s}x{s} (antialiased bilinear); align or resize them to {s}x{s} to choose how",
+            ImageSizeWarning,
+            stacklevel=_outside_facerec(),
+        )
 
     def embed(self, images: Images, flip: bool = True) -> torch.Tensor:
         raise NotImplementedError
@@ -117,3 +147,12 @@ class PairVerifier:
     def classify(self, images: Images, k: int = 1) -> list[list[tuple[str, float]]]:
         """Top-k (identity folder name, score) for each image, over the training identities."""
         return top_k(self.class_scores(images), self.classes, k)
+
+
+def _outside_facerec() -> int:
+    """The `stacklevel` that points a warning raised by the caller at the first frame outside facerec: the
+    user's line that passed the images."""
+    frame, level = sys._getframe(1), 1  # the caller, which warns: stacklevel 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("facerec."):
+        frame, level = frame.f_back, level + 1
+    return level

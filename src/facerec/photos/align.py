@@ -1,6 +1,7 @@
-"""Real photos to training-style crops: MTCNN face detection + a 5-point similarity alignment to the 64x64 framing.
+"""Real photos to training-style crops: MTCNN face detection + a 5-point similarity alignment to a template (the
+facehw 64x64 framing or insightface's 112x112 ArcFace one), at any crop size. The geometry (templates, similarity
+fit, warp) is in photos/warp.py; this module finds the faces and applies it.
 
-The geometry (template, similarity fit, warp) is in photos/warp.py; this module finds the faces and applies it.
 MTCNN comes from facenet-pytorch, which ships its weights inside the package (no download at run time). It is
 loaded on the first detection, so everything else in facerec works without it, and so do photos that are
 already crops of the model's size (`FaceAligner.crop` takes them as they are).
@@ -19,10 +20,13 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from facerec.data.folder import IMAGE_EXTENSIONS, MAX_PIXELS, DataError, is_hidden, is_image_name
-from facerec.photos.warp import (  # noqa: F401  (LANDMARKS, transform_points: re-exported, public names here)
+from facerec.photos.warp import (  # noqa: F401  (LANDMARKS, TEMPLATE_64, measure_template, transform_points: public)
+    DEFAULT_TEMPLATE,
     LANDMARKS,
     TEMPLATE_64,
+    measure_template,
     similarity_transform,
+    template_points,
     transform_points,
     warp_similarity,
 )
@@ -75,11 +79,13 @@ class FaceAligner:
     """Detect faces (MTCNN) and warp each to a `size` x `size` crop framed like the training data.
 
     Args:
-        size: side of the output crops; the template is scaled from 64.
+        size: side of the output crops; the template is scaled to it (`warp.template_points`).
         min_face_size: smallest face MTCNN looks for, in pixels of the (possibly shrunk) detection image.
         min_score: detections with a lower MTCNN probability are dropped.
         max_side: photos are shrunk to this longest side for detection (speed); crops come from the original.
         device: torch device for MTCNN.
+        template: the framing, "facehw" or "arcface" (`--align-template`). None follows the model: the
+            `model_template` that `crop` is given (its data.align_template), else facehw.
     """
 
     def __init__(
@@ -89,10 +95,12 @@ class FaceAligner:
         min_score: float = 0.9,
         max_side: int = 1024,
         device: str = "cpu",
+        template: str | None = None,
     ) -> None:
         self.size, self.min_score, self.max_side = size, min_score, max_side
         self.min_face_size, self.device = min_face_size, device
-        self.template = TEMPLATE_64 * (size / 64.0)
+        self.template_name = template
+        self.template = template_points(template or DEFAULT_TEMPLATE, size)  # checks the name now
         self._mtcnn: Any = None
 
     def detector(self) -> Any:
@@ -116,10 +124,13 @@ class FaceAligner:
             faces.append(Face(box, float(prob), (np.asarray(pts, np.float64) - pad) / scale))
         return sorted(faces, key=lambda f: -f.area)
 
-    def align_face(self, img: ImageLike, face: Face, size: int | None = None) -> Image.Image:
-        """The size x size crop of one detected face (default: the aligner's size; the template scales with it)."""
+    def align_face(
+        self, img: ImageLike, face: Face, size: int | None = None, model_template: str | None = None
+    ) -> Image.Image:
+        """The size x size crop of one face (default: the aligner's size), on the template `crop` would use."""
         size = size or self.size
-        m = similarity_transform(face.landmarks, TEMPLATE_64 * (size / 64.0))
+        name = self.template_name or model_template or DEFAULT_TEMPLATE
+        m = similarity_transform(face.landmarks, template_points(name, size))
         return warp_similarity(open_photo(img), m, size)
 
     def align(self, img: ImageLike) -> list[Image.Image]:
@@ -127,13 +138,16 @@ class FaceAligner:
         photo = open_photo(img)
         return [self.align_face(photo, f) for f in self.detect(photo)]
 
-    def crop(self, photo: Image.Image, size: int | None = None, by: str = "largest") -> Image.Image | None:
+    def crop(
+        self, photo: Image.Image, size: int | None = None, by: str = "largest", model_template: str | None = None
+    ) -> Image.Image | None:
         """The one crop the model sees for an upright RGB photo: size x size (default: the aligner's size).
 
         A photo that already is size x size is taken as an aligned crop and returned as it is, without detection:
         MTCNN on a crop whose face fills the frame may miss it or frame it a little differently, and datasets of
-        crops (HW2P2) then embed exactly as they were trained. Otherwise the `by` face (pick_face) is aligned;
-        None when no face is found.
+        crops (HW2P2) then embed exactly as they were trained. Otherwise the `by` face (pick_face) is aligned onto
+        the aligner's template, else `model_template` (the model's data.align_template), else facehw's; None
+        when no face is found.
         """
         size = size or self.size
         if photo.size == (size, size):
@@ -141,16 +155,7 @@ class FaceAligner:
         faces = self.detect(photo)
         if not faces:
             return None
-        return self.align_face(photo, pick_face(faces, by), size)
-
-
-def measure_template(crops: list[ImageLike], aligner: FaceAligner) -> tuple[np.ndarray, int]:
-    """(mean landmarks (5, 2) in the crops' pixel coordinates, crops with a face) of already-aligned crops:
-    how `TEMPLATE_64` was measured on the training data."""
-    points = [faces[0].landmarks for faces in map(aligner.detect, crops) if faces]
-    if not points:
-        raise DataError(f"no face found in any of the {len(crops)} crops")
-    return np.mean(points, axis=0), len(points)
+        return self.align_face(photo, pick_face(faces, by), size, model_template)
 
 
 def _detection_view(photo: Image.Image, max_side: int) -> tuple[Image.Image, float, float]:

@@ -103,8 +103,8 @@ def embed_photos(
     """Embed `photos` (in their order) with `fm` (a FaceModel or OnnxFaceModel); see the module notes.
 
     Args:
-        aligner: detects and aligns faces (the crop size is the model's `image_size`); None resizes every
-            photo whole.
+        aligner: detects and aligns faces (the crop size is the model's `image_size`, the template its
+            data.align_template unless the aligner has its own); None resizes every photo whole.
         no_face: "skip" or "whole", for a photo in which the aligner finds no face.
         chunk: photos decoded and embedded at a time (at most 256 while aligning).
 
@@ -127,7 +127,8 @@ def embed_photos(
             ok = [str(p) for i, p in enumerate(batch) if i not in bad]
             u8 = torch.from_numpy(images)
         else:
-            ok, u8 = _aligned(batch, aligner, size, no_face, unreadable, faceless)
+            template = fm.config.data.align_template
+            ok, u8 = _aligned(batch, aligner, size, no_face, unreadable, faceless, template)
         if ok:
             parts.append(fm.embed(u8, flip=flip).float())
             kept += ok
@@ -142,13 +143,20 @@ def embed_photos(
 
 
 def _aligned(
-    batch: list[Path], aligner: FaceAligner, size: int, no_face: NoFace, unreadable: list[str], faceless: list[str]
+    batch: list[Path],
+    aligner: FaceAligner,
+    size: int,
+    no_face: NoFace,
+    unreadable: list[str],
+    faceless: list[str],
+    template: str | None = None,
 ) -> tuple[list[str], torch.Tensor]:
-    """(paths kept, uint8 (n, size, size, 3) crops) of one chunk; appends to `unreadable` and `faceless`."""
+    """(paths kept, uint8 (n, size, size, 3) crops) of one chunk; appends to `unreadable` and `faceless`.
+    `template`: the model's alignment template (FaceAligner.crop's `model_template`)."""
     ok, crops = [], []
     for p in batch:
         try:
-            face = aligner.crop(open_photo(p), size)
+            face = aligner.crop(open_photo(p), size, model_template=template)
         except DataError:
             unreadable.append(str(p))
             continue

@@ -122,13 +122,14 @@ class FacerecAligner:
             return self.impl.crop(image)
 
 
-def load_aligner(size: int) -> Aligner | Unavailable:
-    """facerec.photos.align.FaceAligner(size) behind the `Aligner` interface, its MTCNN loaded now (a server
-    should fail at start-up, not on its first upload), or Unavailable(reason: how to install it)."""
+def load_aligner(size: int, template: str | None = None) -> Aligner | Unavailable:
+    """facerec.photos.align.FaceAligner(size, template) behind the `Aligner` interface, its MTCNN loaded now (a
+    server should fail at start-up, not on its first upload), or Unavailable(reason: how to install it).
+    `template`: "facehw" (None) or "arcface", the model's data.align_template (`facerec serve` passes it)."""
     try:
         from facerec.photos.align import FaceAligner
 
-        impl = FaceAligner(size=size)
+        impl = FaceAligner(size=size, template=template)
         impl.detector()
         return FacerecAligner(impl)
     except (ImportError, OSError, RuntimeError) as err:
