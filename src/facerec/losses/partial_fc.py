@@ -5,10 +5,11 @@ An et al., "Partial FC: Training 10 Million Identities on a Single Machine" (ICC
 every head that only overrides `target_logit` works, as the margin alone decides how the target logit changes.
 
 Sharding. With N processes, rank r holds the centres of classes [start_r, start_r + n_r) as its (n_r, D) parameter
-(n_r = C // N, one more on the first C % N ranks); no process holds the whole (C, D) matrix or (B, C) logits. The
-loss is given the global batch (GatherLoss all-gathers embeddings and labels, engine/distributed.py) and scores
-all B embeddings against its own centres. The initial matrix is the one a single process would draw (xavier, from
-the global random stream, every rank drawing all of it and keeping its rows): any N starts from the same centres.
+(n_r = C // N, one more on the first C % N ranks); while training no process holds the whole (C, D) matrix or
+(B, C) logits. The loss is given the global batch (GatherLoss all-gathers embeddings and labels,
+engine/distributed.py) and scores all B embeddings against its own centres. The initial matrix is the one a single
+process would draw (xavier, from the global random stream; every rank draws all of it and keeps its rows), so any N
+starts from the same centres, and one process starts from the plain head's.
 
 Sampling. With `sample_rate` < 1, each step keeps the rank's positive centres (classes of the global batch in its
 shard, always) plus random others, max(#positives, int(sample_rate * n_r)) in all (insightface's `sample`, on the
@@ -16,18 +17,15 @@ global random stream, so a resumed run replays it), and computes (B, k_r) logits
 of the full parameter is zero on the unsampled rows; as in insightface v2, the optimiser still applies momentum and
 weight decay to them.
 
-Softmax across ranks. loss_b = log sum_r sum_j exp(z_rbj - m_b) - (z_b,y_b - m_b), with the row maximum m_b
-(all_reduce MAX, a constant: the loss does not depend on it), the sum of exponentials and the target logit
-(all_reduce SUM) combined over ranks; label smoothing adds the mean logit over the sampled classes the same way.
-Every rank then holds the same loss value, so the backward of those sums is the identity: each rank's graph gives
+Gradients. The softmax's normaliser is combined across ranks (losses/dist_softmax.py), and each rank's graph gives
 the exact gradient for its own centres and its share of the embeddings' gradient. The shares are summed by the
-all_gather's backward; the embeddings' gradient is first multiplied by N so that DDP's average over ranks leaves
+all_gather's backward; the embeddings' gradient is first multiplied by N, so that DDP's average over ranks leaves
 dL/dtheta, as for every other loss under GatherLoss. A learned scale's gradient is summed over ranks.
 
 Checkpoints and inference. `gather_whole()` (every rank calls it; `fit` does before each validation) gives rank 0
-the whole matrix on the CPU, which its `state_dict()` saves and its `logits()` (closed-set class scores) use, so a
-checkpoint, a model file or an export holds (C, D) centres, loadable by a single-process head. Loading a whole
-matrix keeps the rank's rows.
+the whole matrix on the CPU for the epoch's validation and checkpoint: its `logits()` (closed-set class scores) and
+`state_dict()` use it. A checkpoint, model file or export therefore holds all (C, D) centres, and inference builds
+the same head in one process, which holds them all. Loading a whole matrix under N ranks keeps the rank's rows.
 """
 
 from __future__ import annotations
@@ -38,10 +36,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 from facerec.errors import ConfigError
 from facerec.losses._utils import at_least_fp32, fp32
 from facerec.losses.base import EmbeddingLoss
+from facerec.losses.dist_softmax import ScaleGrad, SumGradOverRanks, distributed_cross_entropy
 from facerec.losses.margin import AngularMarginLoss, adacos_scale
 from facerec.registry import LOSSES
 
@@ -66,73 +66,6 @@ def supports(cls: Any) -> bool:
 
 def supported_heads() -> list[str]:
     return [name for name in LOSSES.names() if supports(LOSSES.get(name))]
-
-
-class _SumOverRanks(torch.autograd.Function):
-    """all_reduce SUM whose backward is the identity: the sum feeds a loss that every rank computes alike."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out = x.clone()
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad
-
-
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; the backward multiplies the gradient by `factor`."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, factor: float) -> torch.Tensor:
-        ctx.factor = factor
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad * ctx.factor, None
-
-
-class _SumGradOverRanks(torch.autograd.Function):
-    """Identity forward; the backward sums the gradient over ranks: a parameter all ranks share (the scale)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad
-
-
-def distributed_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """Softmax cross-entropy over classes split across ranks, the mean over the B rows (module notes).
-
-    Args:
-        logits: (B, k_r) this rank's logits of the global batch against its k_r >= 1 classes.
-        target: (B,) column of each row's class among them, -1 where the class is on another rank.
-        label_smoothing: as in `F.cross_entropy`, spread over all ranks' k_r classes.
-    """
-    with torch.no_grad():
-        row_max = logits.amax(dim=1)
-        dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
-    z = logits - row_max[:, None]
-    log_sum = _SumOverRanks.apply(z.exp().sum(dim=1)).log()
-    here = target >= 0
-    z_target = torch.where(here, z.gather(1, target.clamp_min(0)[:, None]).squeeze(1), 0.0)
-    nll = log_sum - _SumOverRanks.apply(z_target)
-    if label_smoothing:
-        count = torch.tensor(float(logits.shape[1]), device=logits.device)
-        dist.all_reduce(count)
-        smooth = log_sum - _SumOverRanks.apply(z.sum(dim=1)) / count
-        nll = (1.0 - label_smoothing) * nll + label_smoothing * smooth
-    return nll.mean()
 
 
 class PartialFC(EmbeddingLoss):
@@ -197,7 +130,7 @@ class PartialFC(EmbeddingLoss):
         with fp32(embeddings.device):
             x = at_least_fp32(embeddings)
             if self.world_size > 1:
-                x = _ScaleGrad.apply(x, float(self.world_size))
+                x = ScaleGrad.apply(x, float(self.world_size))
             index, target = self.sample(labels)
             w = self.weight if index is None else self.weight[index]
             cos = F.linear(F.normalize(x, dim=1), F.normalize(at_least_fp32(w), dim=1))  # (B, k)
@@ -210,7 +143,7 @@ class PartialFC(EmbeddingLoss):
 
     def _scale(self) -> float | torch.Tensor:
         s = self.head.scale
-        return _SumGradOverRanks.apply(s) if self.world_size > 1 and isinstance(s, torch.Tensor) else s
+        return SumGradOverRanks.apply(s) if self.world_size > 1 and isinstance(s, torch.Tensor) else s
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, C) scaled cosines to every class, without margin (closed-set prediction): the whole
@@ -286,8 +219,8 @@ def build_partial_fc(
 ) -> PartialFC:
     """The registered margin head `name` (with `params`) as Partial FC for rank `rank` of `world_size`.
 
-    The head is built for the rank's classes only (a scale "auto" is resolved for all C first), and its centres are
-    then drawn as one process would draw the whole matrix (module notes).
+    The head supplies the margin (a scale "auto" is resolved for all C first); its centres are the rank's rows of
+    the matrix one process would draw (module notes).
     """
     cls = LOSSES.get(name)
     if not supports(cls):
@@ -303,11 +236,12 @@ def build_partial_fc(
     if params.get("scale") == "auto":
         params["scale"] = adacos_scale(num_classes)
     start, count = shard_range(num_classes, rank, world_size)
-    with torch.random.fork_rng(devices=[]):  # the head's own draw is replaced below: it must not use the stream
+    with torch.random.fork_rng(devices=[]):  # the head's own (1, D) draw must not take from the stream
         try:
-            head = cls(embedding_dim=embedding_dim, num_classes=count, **params)
+            head = cls(embedding_dim=embedding_dim, num_classes=1, **params)
         except TypeError as err:
             raise ValueError(f"bad parameters for loss {name!r}: {err}") from None
+    head.weight = nn.Parameter(torch.empty(count, embedding_dim))  # the shard, drawn as the whole matrix would be
     _draw_rows(head.weight, num_classes, start)
     return PartialFC(head, num_classes, sample_rate, rank, world_size)
 
