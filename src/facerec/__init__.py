@@ -57,6 +57,34 @@ def train(
     return Path(out) / "best.pt"
 
 
+def distill(
+    teacher: str | Path,
+    data: str | Path,
+    out: str | Path,
+    config: str | Path | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] = (),
+) -> Path:
+    """Train a student from a teacher like `facerec distill`; returns the path of the run's best checkpoint.
+
+    Args:
+        teacher: "dlib", a facerec model file (.pt, ensemble .pt, .onnx) or a foreign .onnx model (then give its
+            input with the `distill.onnx_*` overrides).
+        data: the training data: an HW2P2 folder (its train_data), identity folders, or a folder of face crops
+            (unlabelled). Verification, test and LFW folders are refused (facerec/distillation/data.py).
+        out: the run folder.
+        config: a shipped recipe name or a YAML file (its `distill:` section sets the loss weights); None for
+            the defaults.
+        overrides: `{"distill.weight_relational": 2.0}` or `["train.epochs=5", ...]`, as on the command line.
+    """
+    from facerec.config import load_config, recipe_path
+    from facerec.distillation.run import distill as run_distillation
+
+    cfg = load_config(recipe_path(str(config)) if config else None, _override_items(data, overrides))
+    cfg.distill.teacher = str(teacher)  # set, not parsed: a path is not YAML
+    run_distillation(cfg, out)
+    return Path(out) / "best.pt"
+
+
 def find_lr(
     data: str | Path | None,
     config: str | Path | None = None,

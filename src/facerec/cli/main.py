@@ -129,9 +129,9 @@ def _add_misc(sub: argparse._SubParsersAction) -> None:
 
 def _command_modules() -> tuple:
     """The modules that add subcommands (`add_parsers(sub)`, `COMMANDS`): photos, galleries, benchmarks, serve."""
-    from facerec.cli import benchmark, gallery, photos, serve
+    from facerec.cli import benchmark, distill, gallery, photos, serve
 
-    return photos, gallery, benchmark, serve
+    return photos, gallery, benchmark, serve, distill
 
 
 def build_parser() -> argparse.ArgumentParser:

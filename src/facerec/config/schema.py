@@ -131,9 +131,35 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Teacher-student training (`facerec distill`, facerec/distillation/): the teacher, the weights of the three
+    training signals, and how the teacher's inputs are prepared. Unused by `facerec train`."""
+
+    teacher: str = ""  # dlib | a facerec model file (.pt, ensemble .pt, facerec .onnx) | a foreign .onnx
+    weight_embedding: float = _limit(1.0, 0.0)  # 1 - cos(projected student, teacher) per image
+    weight_relational: float = _limit(1.0, 0.0)  # MSE of the batch's pairwise cosine matrices
+    weight_labels: float = _limit(1.0, 0.0)  # the student's own loss (loss.*) on labelled images
+    teacher_view: str = _choice("clean", "augmented")  # clean: flip-averaged, cached | augmented: online (.pt)
+    center: bool = True  # subtract the teacher's mean training embedding before the cosines
+    extra: list[str] = field(default_factory=list)  # more training folders (identity folders or flat photos)
+    cache_dir: str = ""  # teacher embeddings (.npz); "" = $FACEREC_CACHE/distill
+    teacher_batch: int = _limit(64, 1)  # images per teacher call while caching
+    flip: bool = True  # the teacher embeds each image and its mirror, summed
+    dlib_box: str = _choice("inset", "detector", "whole")  # dlib's face box on the upscaled aligned crop
+    dlib_size: int = _limit(200, 150, 1024)  # the crop is upscaled to this side before dlib sees it
+    onnx_size: int = _limit(0, 0, 1024)  # a foreign ONNX teacher's input side (0: from its input shape)
+    onnx_channels: str = _choice("rgb", "bgr")  # a foreign ONNX teacher's colour order
+    onnx_layout: str = _choice("auto", "nchw", "nhwc")  # auto: from its input shape
+    onnx_mean: float = _limit(127.5, 0.0, 255.0)  # a foreign ONNX teacher's input: (pixel - mean) / std
+    onnx_std: float = _limit(127.5, 0.0, open_lo=True)
+    onnx_inset: float = _limit(0.0, 0.0, 0.4)  # crop this share off each side of the aligned crop first
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)

@@ -1,0 +1,152 @@
+"""Teacher embeddings, computed once per (teacher, image list) and kept on disk as .npz with nothing pickled.
+
+The file's name and its `key` entry are a digest of the teacher's fingerprint (its weights file or package
+version and options) and of the image list (each file's resolved path, size and modification time): a changed
+teacher, a changed option or a changed folder gives another key, and the embeddings are computed again. Beside
+the (N, D) embeddings the file holds the teacher's mean L2-normalised embedding over those (training) images,
+which distillation subtracts (issue #18: dlib's descriptors share a large common component; without subtracting
+it the cosine loss is met by predicting the mean).
+
+A slow teacher (dlib: tens of images per CPU-second) writes its progress to `NAME-KEY.partial.npz` every
+`save_every_s` seconds; an interrupted computation continues from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from facerec.data.memory import default_cache_dir
+from facerec.distillation.protocol import Teacher
+from facerec.errors import DataError
+
+CACHE_VERSION = 1
+Log = Callable[[str], None]
+
+
+@dataclass
+class TeacherTargets:
+    """A teacher's embeddings of the training images, in the image list's order."""
+
+    embeddings: np.ndarray  # (N, D) float32, as the teacher gave them
+    mean: np.ndarray  # (D,) float32, mean of the L2-normalised embeddings
+    path: Path  # the cache file
+    computed: int  # images the teacher embedded in this call (0: everything came from the cache)
+
+    def targets(self, center: bool = True) -> torch.Tensor:
+        """(N, D) unit vectors the student learns from: normalise(normalise(e) - mean) with `center`, else
+        normalise(e)."""
+        e = F.normalize(torch.from_numpy(self.embeddings).float(), dim=1)
+        return F.normalize(e - torch.from_numpy(self.mean).float(), dim=1) if center else e
+
+
+def default_dir() -> Path:
+    """$FACEREC_CACHE/distill (~/.cache/facerec/distill)."""
+    return default_cache_dir() / "distill"
+
+
+def image_list_digest(paths: Sequence[str | Path]) -> str:
+    """sha256 over each image's resolved path, size and modification time, in order; DataError for a missing
+    file."""
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError as err:
+            raise DataError(
+                f"training image {p} cannot be read ({err.strerror}); the teacher must see it"
+            ) from None
+        h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def cache_key(teacher: Teacher, paths: Sequence[str | Path]) -> str:
+    return hashlib.sha256(
+        f"v{CACHE_VERSION}|{teacher.fingerprint}|{image_list_digest(paths)}".encode()
+    ).hexdigest()
+
+
+def cache_file(teacher: Teacher, paths: Sequence[str | Path], cache_dir: str | Path | None = None) -> Path:
+    """Where this teacher's embeddings of `paths` are kept: CACHE_DIR/NAME-KEY.npz."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", teacher.name)[:40] or "teacher"
+    return Path(cache_dir or default_dir()) / f"{name}-{cache_key(teacher, paths)[:24]}.npz"
+
+
+def _read(path: Path, key: str, n: int, dim: int) -> tuple[np.ndarray, int, np.ndarray] | None:
+    """(embeddings (n, dim) with the first `done` rows filled, done, their mean (dim,)) from a cache file of this
+    key; None when the file is absent, damaged or of another key."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["key"]) != key:
+                return None
+            e, done, mean = (
+                np.asarray(f["embeddings"], np.float32),
+                int(f["done"]),
+                np.asarray(f["mean"], np.float32),
+            )
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if e.shape != (n, dim) or mean.shape != (dim,) or not 0 <= done <= n or not np.isfinite(e[:done]).all():
+        return None
+    return e, done, mean
+
+
+def _write(path: Path, key: str, embeddings: np.ndarray, done: int) -> None:
+    """Atomically (a temporary file, then a rename): readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    e = F.normalize(torch.from_numpy(embeddings[:done]).float(), dim=1)
+    mean = (e.mean(0) if done else torch.zeros(embeddings.shape[1])).numpy()  # over the rows computed so far
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, key=np.array(key), embeddings=embeddings, done=np.array(done), mean=mean)
+    os.replace(tmp, path)
+
+
+def teacher_targets(
+    teacher: Teacher,
+    paths: Sequence[str | Path],
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    log: Log = print,
+    save_every_s: float = 60.0,
+) -> TeacherTargets:
+    """The teacher's (N, D) embeddings of the images at `paths` and their mean, from the cache when it holds them
+    (module notes), else computed `batch_size` images at a time and cached."""
+    path = cache_file(teacher, paths, cache_dir)
+    key, n, dim = cache_key(teacher, paths), len(paths), teacher.embedding_dim
+    partial = path.with_name(path.name.replace(".npz", ".partial.npz"))
+    found = _read(path, key, n, dim) or _read(partial, key, n, dim)
+    e, done, mean = found if found is not None else (np.zeros((n, dim), np.float32), 0, None)
+    if done == n:
+        log(f"teacher {teacher.name}: embeddings of {n} images from the cache {path}")
+        return TeacherTargets(e, mean, path, 0)
+    start, t0, last_save = done, time.time(), time.time()
+    log(f"teacher {teacher.name}: embedding {n - done} of {n} images (cache {path})")
+    for i in range(done, n, batch_size):
+        e[i : i + batch_size] = teacher.embed([str(p) for p in paths[i : i + batch_size]])
+        done = min(i + batch_size, n)
+        if time.time() - last_save > save_every_s and done < n:
+            _write(partial, key, e, done)
+            rate = (done - start) / (time.time() - t0)
+            log(f"teacher {teacher.name}: {done}/{n} images, {rate:.1f} images/s")
+            last_save = time.time()
+    if not np.isfinite(e).all():
+        raise DataError(f"teacher {teacher.name} gave non-finite embeddings; is its model file damaged?")
+    _write(path, key, e, n)
+    partial.unlink(missing_ok=True)
+    seconds = time.time() - t0
+    log(f"teacher {teacher.name}: {n - start} images in {seconds:.1f}s ({(n - start) / max(seconds, 1e-9):.1f}/s)")
+    return TeacherTargets(e, _mean(e), path, n - start)
+
+
+def _mean(embeddings: np.ndarray) -> np.ndarray:
+    return F.normalize(torch.from_numpy(embeddings).float(), dim=1).mean(0).numpy()

@@ -1,0 +1,250 @@
+"""Distillation (issue #18): a student learns the teacher's pair scores; teacher embeddings are cached; only
+training images are used; a teacher exported to ONNX teaches as its checkpoint does."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.conftest import facehw_dir, tiny_overrides
+
+import facerec
+from facerec.cli.main import main
+from facerec.data.images import decode_batch
+from facerec.distillation.cache import teacher_targets
+from facerec.distillation.onnx_teacher import OnnxTeacher, OnnxTeacherOptions
+from facerec.distillation.teachers import ModelTeacher, has_facerec_metadata
+from facerec.engine.checkpoint import load_checkpoint
+from facerec.errors import ConfigError
+from facerec.inference.export import export_onnx
+
+pytestmark = pytest.mark.data
+FACEHW = facehw_dir()
+SLICE = ("data.max_classes=30", "data.max_per_class=10", "loss.name=cosface", "train.log_every=1000")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny facerec teacher trained for 3 epochs on 30 facehw identities, and 200 val pairs to compare on.
+    No run validates (no pair file): best.pt is the last epoch, and the runs take seconds."""
+    if not (FACEHW / "classification_data").is_dir():
+        pytest.skip(f"facehw data not found at {FACEHW} (set FACEREC_DATA)")
+    root = tmp_path_factory.mktemp("distill")
+    lines = (FACEHW / "verification_pairs_val.txt").read_text().splitlines()[:200]
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    facerec.train(
+        FACEHW, root / "teacher", overrides=student_config(root, "model.embedding_dim=32", "train.seed=0")
+    )
+    return root
+
+
+def student_config(root: Path, *changes: str) -> list[str]:
+    return tiny_overrides(
+        *SLICE,
+        f"distill.cache_dir={root / 'cache'}",
+        "train.epochs=3",
+        "model.embedding_dim=16",
+        "train.seed=1",
+        *changes,
+    )
+
+
+def pair_paths(root: Path) -> tuple[list[str], list[str]]:
+    rows = [line.split() for line in (root / "pairs.txt").read_text().splitlines()]
+    return [str(FACEHW / r[0]) for r in rows], [str(FACEHW / r[1]) for r in rows]
+
+
+def test_distilled_student_ends_closer_to_the_teachers_pair_scores(work: Path) -> None:
+    teacher = ModelTeacher(work / "teacher" / "best.pt")
+    a, b = pair_paths(work)
+    ta, tb = (F.normalize(torch.from_numpy(teacher.embed(x)), dim=1) for x in (a, b))
+    mean = torch.from_numpy(teacher_targets(teacher, _train_paths(work), work / "cache").mean)
+    target_scores = F.cosine_similarity(ta - mean, tb - mean).numpy()  # the scores the student is taught
+    plain = facerec.train(FACEHW, work / "plain", overrides=student_config(work))
+    taught = facerec.distill(
+        work / "teacher" / "best.pt",
+        FACEHW,
+        work / "taught",
+        overrides=student_config(work, "distill.weight_labels=0"),
+    )
+    corr = {}
+    for name, path in (("plain", plain), ("taught", taught)):
+        model = facerec.load(path)
+        scores = F.cosine_similarity(model.embed(decode_batch(a, 16)), model.embed(decode_batch(b, 16))).numpy()
+        corr[name] = float(np.corrcoef(scores, target_scores)[0, 1])
+    assert corr["taught"] > corr["plain"] + 0.05, corr
+
+
+def _train_paths(work: Path) -> list[str]:
+    """The training images of the slice, in the order the run reads them."""
+    from facerec.config import load_config
+    from facerec.distillation.data import load_distill_data
+
+    cfg = load_config(None, [f"data.root={FACEHW}", *student_config(work)])
+    return load_distill_data(cfg, lambda _: None).train.paths
+
+
+class CountingTeacher:
+    """A teacher that counts the images it embeds; `fingerprint` follows `option`."""
+
+    embedding_dim = 3
+
+    def __init__(self, option: str = "a") -> None:
+        self.name, self.option, self.embedded = "counting", option, 0
+
+    @property
+    def fingerprint(self) -> str:
+        return f"counting-{self.option}"
+
+    def embed(self, images: list[str]) -> np.ndarray:
+        self.embedded += len(images)
+        return np.array([[len(p) % 7 + 1.0, 1.0, float(i)] for i, p in enumerate(images)], np.float32)
+
+
+def test_cache_is_hit_when_nothing_changed_and_missed_when_teacher_or_folder_changed(face_dir: Path) -> None:
+    paths = sorted(str(p) for p in face_dir.rglob("*.jpg"))
+    cache = face_dir.parent / "cache"
+    first = teacher_targets(CountingTeacher(), paths, cache, batch_size=5)
+    assert first.computed == len(paths) and first.path.is_file()
+    again = CountingTeacher()
+    hit = teacher_targets(again, paths, cache)
+    assert again.embedded == 0 and hit.computed == 0 and hit.path == first.path
+    np.testing.assert_array_equal(hit.embeddings, first.embeddings)
+    expected_mean = F.normalize(torch.from_numpy(first.embeddings), dim=1).mean(0).numpy()
+    np.testing.assert_allclose(hit.mean, expected_mean, rtol=1e-6)  # the stored training mean
+    with np.load(first.path, allow_pickle=False) as f:  # nothing pickled
+        assert set(f.files) == {"key", "embeddings", "done", "mean"}
+    other = CountingTeacher("b")  # another option of the teacher: another key
+    assert teacher_targets(other, paths, cache).computed == len(paths) and other.embedded == len(paths)
+    Path(paths[0]).write_bytes(Path(paths[1]).read_bytes())  # a changed image (size / mtime)
+    changed = CountingTeacher()
+    assert teacher_targets(changed, paths, cache).computed == len(paths)
+    fewer = CountingTeacher()
+    assert teacher_targets(fewer, paths[1:], cache).computed == len(paths) - 1  # a changed folder
+
+
+def test_interrupted_caching_continues_from_its_partial_file(face_dir: Path) -> None:
+    paths = sorted(str(p) for p in face_dir.rglob("*.jpg"))
+
+    class Failing(CountingTeacher):
+        def embed(self, images: list[str]) -> np.ndarray:
+            if self.embedded >= 8:
+                raise KeyboardInterrupt
+            return super().embed(images)
+
+    with pytest.raises(KeyboardInterrupt):
+        teacher_targets(Failing(), paths, face_dir.parent / "cache", batch_size=4, save_every_s=0)
+    resumed = CountingTeacher()
+    out = teacher_targets(resumed, paths, face_dir.parent / "cache", batch_size=4)
+    assert resumed.embedded == len(paths) - 8 and out.computed == len(paths) - 8
+    full = teacher_targets(CountingTeacher(), paths, face_dir.parent / "fresh", batch_size=4)
+    np.testing.assert_array_equal(out.embeddings, full.embeddings)
+
+
+@pytest.mark.parametrize(
+    "folder, why",
+    [
+        ("verification_data", "verification images"),
+        ("classification_data/test_data", "test split"),
+        ("classification_data/val_data", "validation split"),
+    ],
+)
+def test_evaluation_folders_are_refused(
+    folder: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    args = ["distill", "--teacher", "dlib", "--data", str(FACEHW / folder), "--out", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "refused as training data" in err and why in err and "training images only" in err
+    assert not out.exists()  # nothing written, not even the run folder
+    assert main([*args[:4], str(FACEHW), "--extra", str(FACEHW / folder), "--out", str(out)]) == 1
+    assert why in capsys.readouterr().err
+
+
+def test_lfw_copies_are_refused(shared_data: Path, tmp_path: Path) -> None:
+    from facerec.distillation.data import refusal
+
+    assert "LFW" in refusal(shared_data / "lfw_tiny" / "classify")
+    lfw = tmp_path / "a" / "people"  # LFW's naming under an innocent name
+    for who in ("Ann_Lee", "Bo_Chan"):
+        (lfw / who).mkdir(parents=True)
+        shutil.copy(_any_jpg(), lfw / who / f"{who}_0001.jpg")
+    assert "LFW's file naming" in refusal(lfw)
+    mine = tmp_path / "mine" / "faces"
+    (mine / "x").mkdir(parents=True)
+    shutil.copy(_any_jpg(), mine / "x" / "1.jpg")
+    assert refusal(mine) is None
+    (mine.parent / "pairs.txt").write_text("10 300\n")  # a pair file beside the images: a verification set
+    assert "pair file" in refusal(mine)
+    assert refusal(FACEHW / "classification_data" / "train_data", pair_files_allowed=True) is None
+
+
+def _any_jpg() -> Path:
+    return next((FACEHW / "classification_data" / "train_data" / "0").glob("*.jpg"))
+
+
+def test_onnx_teacher_round_trip(work: Path) -> None:
+    pt = work / "teacher" / "best.pt"
+    onnx_path, _ = export_onnx(pt, work / "onnx" / "teacher.onnx")
+    paths = _train_paths(work)
+    from_pt = teacher_targets(ModelTeacher(pt), paths, work / "cache")
+    from_onnx = teacher_targets(ModelTeacher(onnx_path), paths, work / "cache")
+    assert from_onnx.path != from_pt.path  # another file: another cache entry, computed by ONNX Runtime
+    np.testing.assert_allclose(from_onnx.embeddings, from_pt.embeddings, rtol=1e-4, atol=1e-4)
+    runs = {}
+    for name, teacher in (("pt", pt), ("onnx", onnx_path)):
+        over = student_config(work, "train.epochs=1", "distill.weight_labels=0")
+        runs[name] = load_checkpoint(facerec.distill(teacher, FACEHW, work / f"student_{name}", overrides=over))
+    for key, value in runs["pt"]["model"].items():
+        torch.testing.assert_close(runs["onnx"]["model"][key], value, rtol=1e-3, atol=1e-3)
+
+
+def test_foreign_onnx_teacher_is_fed_as_its_options_say(work: Path) -> None:
+    import onnx
+
+    exported = work / "onnx" / "teacher.onnx"
+    if not exported.is_file():
+        export_onnx(work / "teacher" / "best.pt", exported)
+    graph = onnx.load(str(exported))
+    del graph.metadata_props[:]
+    foreign = work / "onnx" / "foreign.onnx"
+    onnx.save(graph, str(foreign))  # no facerec metadata, no sidecar
+    assert not has_facerec_metadata(foreign)
+    paths = _train_paths(work)[:12]
+    reference = ModelTeacher(work / "teacher" / "best.pt").embed(paths)
+    same = OnnxTeacher(foreign, OnnxTeacherOptions(size=16, mean=127.5, std=127.5, channels="rgb"))
+    np.testing.assert_allclose(same.embed(paths), reference, rtol=1e-4, atol=1e-4)
+    bgr = OnnxTeacher(foreign, OnnxTeacherOptions(size=16, channels="bgr"))
+    assert not np.allclose(bgr.embed(paths), reference, atol=1e-3)
+    assert bgr.fingerprint != same.fingerprint
+
+
+def test_augmented_view_runs_with_a_pytorch_teacher_and_is_refused_for_onnx(work: Path) -> None:
+    over = student_config(work, "train.epochs=1", "distill.teacher_view=augmented")
+    best = facerec.distill(work / "teacher" / "best.pt", FACEHW, work / "online", overrides=over)
+    assert facerec.load(best).info()["embedding_dim"] == 16
+    exported = work / "onnx" / "teacher.onnx"
+    if not exported.is_file():
+        export_onnx(work / "teacher" / "best.pt", exported)
+    with pytest.raises(ConfigError, match="teacher_view=augmented needs a facerec PyTorch teacher"):
+        facerec.distill(exported, FACEHW, work / "online_onnx", overrides=over)
+    assert not (work / "online_onnx").exists()
+
+
+def test_unlabelled_face_crops_train_on_the_teachers_losses_alone(work: Path) -> None:
+    crops = work / "crops"
+    crops.mkdir()
+    for i, p in enumerate(_train_paths(work)[:40]):
+        shutil.copy(p, crops / f"{i}.jpg")
+    over = student_config(work, "train.epochs=1", "data.max_classes=0", "data.max_per_class=0")
+    best = facerec.distill(work / "teacher" / "best.pt", crops, work / "unlabelled", overrides=over)
+    state = load_checkpoint(best)
+    assert state["classes"] == [] and state["distill"]["teacher"] == "best"
+    assert "metrics" in state and np.isfinite(state["metrics"]["train_loss"])
+    model = facerec.load(best)
+    assert model.embed([crops / "0.jpg"]).shape == (1, 16)
