@@ -90,7 +90,7 @@ def test_mutations_are_reproducible_and_of_every_kind() -> None:
     assert any(out == b"" for out, _ in cases)
 
 
-@pytest.mark.parametrize("name", ["npz", "pt", "gallery", "rec"])
+@pytest.mark.parametrize("name", ["npz", "pt", "gallery", "rec", "bin"])
 def test_seed_files_are_the_same_wherever_they_are_made(name: str, tmp_path: Path) -> None:
     """So that a case number names the same file in every run (the payloads write a relative path, storage
     addresses and random ids are normalised away; bench/fuzz.py --replay relies on it)."""
