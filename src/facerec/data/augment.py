@@ -2,7 +2,9 @@
 
 Input: uint8 images (B, H, W, 3). Output: float (B, 3, H, W) in [-1, 1], the network's input.
 Presets: none, flip, standard (flip + small affine jitter + colour), strong (more of both + random grayscale),
-robust (strong + random loss of resolution).
+robust (strong + random loss of resolution). Every amount is relative to the image side (shift and zoom are
+fractions of it, rotation is in degrees, loss of resolution a factor), so a preset frames a 112x112 face as it
+frames a 64x64 one (tests/test_image_size.py).
 """
 
 from __future__ import annotations
