@@ -30,7 +30,7 @@ class DataConfig:
     val: str = ""  # optional labelled split (identity folders); found automatically in HW2P2 layouts
     pairs: str = ""  # optional labelled pair file for verification AUC; found automatically in HW2P2 layouts
     image_size: int = _limit(64, 8, 1024)
-    # the framing of the aligned crops, saved with the model so photos are aligned as its data were: facehw (HW2P2's
+    # the framing of aligned crops, saved with the model so photos are aligned as its data were: facehw (HW2P2's
     # 64x64) | arcface (insightface's 112x112 five-point template); photos/warp.py TEMPLATES, scaled to image_size
     align_template: str = _choice("facehw", "arcface")
     batch_size: int = _limit(256, 1)
