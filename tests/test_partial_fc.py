@@ -317,3 +317,11 @@ def test_other_ranks_drop_rank_zeros_optimiser_state_for_their_shard():
         keep_own_shard_state(opt, CombinedLoss([(1.0, pfc)]))
         opt.load_state_dict(saved)  # --resume or a fault rollback
         assert (pfc.weight in opt.state) == kept
+    one = build_partial_fc("arcface", {}, embedding_dim=D, num_classes=C)  # resumed in one process: all 13 rows
+    opt = torch.optim.SGD(one.parameters(), lr=0.1, momentum=0.9)
+    keep_own_shard_state(opt, one)
+    opt.load_state_dict(saved)  # the last shard's state (6 rows) does not fit 13
+    assert one.weight not in opt.state
+    one(*_data()).backward()
+    opt.step()  # momentum starts afresh instead of failing on the shapes
+    assert opt.state[one.weight]["momentum_buffer"].shape == (C, D)

@@ -237,14 +237,18 @@ def gather_shards(loss_fn: nn.Module) -> None:
 
 def keep_own_shard_state(optimizer: torch.optim.Optimizer, loss_fn: nn.Module) -> None:
     """After the optimiser loads a checkpoint's state (--resume, a fault rollback), ranks 1..N-1 drop what it holds
-    for their Partial FC shard: a checkpoint has rank 0's optimiser state only. Their centres' momentum restarts
-    from zero (`zero_momentum`) and rebuilds within about 1 / (1 - momentum) steps."""
-    shards = [h.weight for h in partial_fc_heads(loss_fn) if h.world_size > 1 and h.rank != 0]
-    if not shards:
+    for their Partial FC shard: a checkpoint has rank 0's optimiser state only. So does any rank whose shard has
+    another shape than that state (a run resumed with another number of processes). Those centres' momentum
+    restarts from zero (`zero_momentum`) and rebuilds within about 1 / (1 - momentum) steps."""
+    heads = partial_fc_heads(loss_fn)
+    if not heads:
         return
 
     def drop(opt: torch.optim.Optimizer) -> None:
-        for weight in shards:
-            opt.state.pop(weight, None)
+        for head in heads:
+            state = opt.state.get(head.weight, {})
+            foreign = head.world_size > 1 and head.rank != 0
+            if foreign or any(t.ndim and t.shape != head.weight.shape for t in state.values()):
+                opt.state.pop(head.weight, None)
 
     optimizer.register_load_state_dict_post_hook(drop)

@@ -25,7 +25,8 @@ dL/dtheta, as for every other loss under GatherLoss. A learned scale's gradient 
 Checkpoints and inference. `gather_whole()` (every rank calls it; `fit` does before each validation) gives rank 0
 the whole matrix on the CPU for the epoch's validation and checkpoint: its `logits()` (closed-set class scores) and
 `state_dict()` use it. A checkpoint, model file or export therefore holds all (C, D) centres, and inference builds
-the same head in one process, which holds them all. Loading a whole matrix under N ranks keeps the rank's rows.
+the same head in one process, which holds them all. Loading a whole matrix under N ranks keeps the rank's rows,
+so a run can also resume under another number of processes.
 """
 
 from __future__ import annotations
@@ -134,9 +135,10 @@ class PartialFC(EmbeddingLoss):
             index, target = self.sample(labels)
             w = self.weight if index is None else self.weight[index]
             cos = F.linear(F.normalize(x, dim=1), F.normalize(at_least_fp32(w), dim=1))  # (B, k)
-            rows = (target >= 0).nonzero().squeeze(1)
-            penalised = self.head.target_logit(cos[rows, target[rows]])
-            logits = self._scale() * cos.index_put((rows, target[rows]), penalised.to(cos.dtype))
+            column = target.clamp_min(0)[:, None]  # rows whose class is elsewhere write their column 0 back as is
+            cos_target = cos.gather(1, column).squeeze(1)
+            penalised = torch.where(target >= 0, self.head.target_logit(cos_target), cos_target)
+            logits = self._scale() * cos.scatter(1, column, penalised[:, None].to(cos.dtype))
             if self.world_size == 1:
                 return F.cross_entropy(logits, target, label_smoothing=self.head.label_smoothing)
             return distributed_cross_entropy(logits, target, self.head.label_smoothing)
