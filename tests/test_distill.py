@@ -19,7 +19,7 @@ from facerec.distillation.cache import teacher_targets
 from facerec.distillation.onnx_teacher import OnnxTeacher, OnnxTeacherOptions
 from facerec.distillation.teachers import ModelTeacher, has_facerec_metadata
 from facerec.engine.checkpoint import load_checkpoint
-from facerec.errors import ConfigError
+from facerec.errors import ConfigError, DataError
 from facerec.inference.export import export_onnx
 
 pytestmark = pytest.mark.data
@@ -58,6 +58,7 @@ def pair_paths(root: Path) -> tuple[list[str], list[str]]:
     return [str(FACEHW / r[0]) for r in rows], [str(FACEHW / r[1]) for r in rows]
 
 
+@pytest.mark.slow  # three (two) tiny runs on facehw: 20-40 s on 2 busy cores
 def test_distilled_student_ends_closer_to_the_teachers_pair_scores(work: Path) -> None:
     teacher = ModelTeacher(work / "teacher" / "best.pt")
     a, b = pair_paths(work)
@@ -188,6 +189,7 @@ def _any_jpg() -> Path:
     return next((FACEHW / "classification_data" / "train_data" / "0").glob("*.jpg"))
 
 
+@pytest.mark.slow  # three (two) tiny runs on facehw: 20-40 s on 2 busy cores
 def test_onnx_teacher_round_trip(work: Path) -> None:
     pt = work / "teacher" / "best.pt"
     onnx_path, _ = export_onnx(pt, work / "onnx" / "teacher.onnx")
@@ -237,14 +239,22 @@ def test_augmented_view_runs_with_a_pytorch_teacher_and_is_refused_for_onnx(work
 
 
 def test_unlabelled_face_crops_train_on_the_teachers_losses_alone(work: Path) -> None:
-    crops = work / "crops"
-    crops.mkdir()
+    crops = work / "unlabelled" / "crops"
+    crops.mkdir(parents=True)
     for i, p in enumerate(_train_paths(work)[:40]):
         shutil.copy(p, crops / f"{i}.jpg")
     over = student_config(work, "train.epochs=1", "data.max_classes=0", "data.max_per_class=0")
-    best = facerec.distill(work / "teacher" / "best.pt", crops, work / "unlabelled", overrides=over)
+    best = facerec.distill(work / "teacher" / "best.pt", crops, work / "run_unlabelled", overrides=over)
     state = load_checkpoint(best)
     assert state["classes"] == [] and state["distill"]["teacher"] == "best"
-    assert "metrics" in state and np.isfinite(state["metrics"]["train_loss"])
-    model = facerec.load(best)
-    assert model.embed([crops / "0.jpg"]).shape == (1, 16)
+    assert np.isfinite(state["metrics"]["train_loss"])
+    assert facerec.load(best).embed(decode_batch([crops / "0.jpg"], 16)).shape == (1, 16)
+    # labelled training images plus the unlabelled crops: the student's own loss on the labelled ones only
+    over = student_config(work, "train.epochs=1", f"distill.extra=[{crops}]")
+    state = load_checkpoint(
+        facerec.distill(work / "teacher" / "best.pt", FACEHW, work / "run_mixed", overrides=over)
+    )
+    assert len(state["classes"]) == 30 and np.isfinite(state["metrics"]["train_loss"])
+    (work / "unlabelled" / "pairs.txt").write_text("a.jpg b.jpg 1\n")  # now a verification set
+    with pytest.raises(DataError, match="pair file"):
+        facerec.distill(work / "teacher" / "best.pt", crops, work / "run_refused", overrides=over)

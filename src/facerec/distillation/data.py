@@ -103,7 +103,8 @@ def _check_root(root: str) -> Hw2p2Layout | None:
     try:
         layout = detect_layout(root)
     except DataError:
-        if _has_images(Path(root)):
+        if _has_images(Path(root)):  # a flat folder of face crops: unlabelled
+            check_training_folder(root, "--data")
             return None
         raise
     if layout.kind == "folder":
