@@ -109,6 +109,9 @@ def test_images_equal_the_jpegs_decoded_by_pil(rec_dir: Path, size: int, eager: 
     assert np.array_equal(images.images[pick].numpy(), expected[pick.numpy()])
     assert np.array_equal(images.images[:].numpy(), expected)
     assert np.array_equal(images.images[3].numpy(), expected[3]) and images.images[3].dtype == torch.uint8
+    mask = torch.zeros(183, dtype=torch.bool)
+    mask[[1, 7]] = True
+    assert np.array_equal(images.images[mask].numpy(), expected[[1, 7]])
 
 
 def test_the_test_writer_reproduces_the_mxnet_file_byte_for_byte(rec_dir: Path, tmp_path: Path):

@@ -90,8 +90,10 @@ class RecordImages:
         if isinstance(item, slice):
             positions = np.arange(len(self.rows))[item]
         else:
-            positions = np.asarray(item.cpu() if isinstance(item, torch.Tensor) else item, dtype=np.int64)
-            positions = positions.reshape(-1)
+            positions = np.asarray(item.cpu() if isinstance(item, torch.Tensor) else item)
+            positions = (
+                np.flatnonzero(positions) if positions.dtype == bool else positions.astype(np.int64).ravel()
+            )
             if ((positions < -len(self.rows)) | (positions >= len(self.rows))).any():
                 raise IndexError(f"index out of range for {len(self.rows)} images")
         return torch.from_numpy(self._decode(self.rows[positions]))
