@@ -161,9 +161,7 @@ class Gallery:
             if person is None:
                 known = ", ".join(list(self.store.people())[:10]) or "nobody"
                 raise DataError(f"{name!r} is not in the gallery {self.folder}; enrolled: {known}")
-            removed = conn.execute("DELETE FROM photos WHERE person = ?", (person,)).rowcount
-            conn.execute("DELETE FROM people WHERE id = ?", (person,))
-            return int(removed)
+            return self.store.remove_person(conn, person, self._settings.dim)
 
     def rename(self, old: str, new: str) -> int:
         """Give `old`'s photos the name `new` (not enrolled yet); returns how many photos. DataError otherwise."""
@@ -232,7 +230,8 @@ class Gallery:
                 raise DataError(f"gallery {self.folder} is empty; enroll people first")
             q = self._prepare(embeddings)
             kk = min(state.index.ntotal, k * self._mirror.per_name)  # room for k distinct people (exact index)
-            dist, idx = state.index.search(q, kk)
+            with cache.one_thread(len(q)):
+                dist, idx = state.index.search(q, kk)
             pos = np.minimum(np.searchsorted(state.ids, np.maximum(idx, 0)), len(state.ids) - 1)
             if np.any((idx >= 0) & (state.ids[pos] != idx)):  # only a forged cache (it has a checksum)
                 raise DataError(

@@ -23,7 +23,7 @@ import numpy as np
 
 from facerec.errors import DataError
 from facerec.metrics.scoring import SCORING_NAMES
-from facerec.photos.gallery import cache, settings, store
+from facerec.photos.gallery import cache, digest, settings, store
 
 LEGACY_FILES = ("gallery.json", "vectors.npy", "ids.npy", "index.faiss")
 _REDO = "enroll the people again into a new --gallery folder (the photos are named in gallery.json's entries)"
@@ -59,6 +59,7 @@ def migrate(folder: Path) -> int:
 
     def fill(conn: sqlite3.Connection) -> None:
         people: dict[str, int] = {}
+        owners = []
         for photo_id, vector in zip(ids.tolist(), vectors):
             entry = entries[str(photo_id)]
             name = str(entry.get("name", ""))
@@ -69,6 +70,8 @@ def migrate(folder: Path) -> int:
                 "INSERT INTO photos (id, person, embedding, source, added) VALUES (?, ?, ?, ?, ?)",
                 (photo_id, people[name], vector.tobytes(), str(entry.get("source", "")), added),
             )
+            owners.append(people[name])
+        digest.reset(conn, digest.of_rows(ids, np.asarray(owners, np.int64), vectors))
 
     store.create(folder, values, fill)
     retire(folder)

@@ -4,17 +4,20 @@ Before each search (and save) the mirror compares its version with the database'
 committed since, it catches up inside one read snapshot: it drops the photos removed since (an HNSW graph, which
 cannot delete, is rebuilt) and adds the ones enrolled since, found by id alone because ids only grow. On first use,
 or when another index kind was chosen, it starts from `index.cache` if that belongs to this database and epoch
-(cache.read), else from an empty index.
+(cache.read), else from an empty index; a cache that, once caught up, does not hold exactly the database's rows
+(its content digest, digest.py, or IVF centroids differ: an old copy, a forged file) is set aside with a
+warning and the index rebuilt from the database.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from facerec.errors import DataError
-from facerec.photos.gallery import cache
+from facerec.photos.gallery import cache, digest
 from facerec.photos.gallery.settings import ADVICE, Settings
 from facerec.photos.gallery.store import Store, bad_vectors
 
@@ -38,12 +41,21 @@ class Mirror:
             state = self.state
             if state is not None and state.version == s.version:
                 return state
+            loaded = False
             if state is None or state.key != (s.index, s.epoch):  # first use, or another index kind was chosen
                 state = cache.read(self.path, s)
-                self.saved = state.version if state is not None else -1
+                self.saved, loaded = (state.version, True) if state is not None else (-1, False)
                 state = state or self._empty(s)
             names = self.db.names()
             self._catch_up(state, s)
+            if loaded and not self._matches(state, s):
+                warnings.warn(
+                    f"{self.path} does not hold what {self.db.path} holds (an old copy, or edited); the index "
+                    "is rebuilt from the database",
+                    stacklevel=4,
+                )
+                state, self.saved = self._empty(s), -1
+                self._catch_up(state, s)
         if not np.isin(state.owners, np.fromiter(names, np.int64, len(names))).all():
             raise DataError(f"{self.db.path}: some photos belong to no one in table people; {ADVICE}")
         cache.configure(state.index, s)
@@ -56,6 +68,23 @@ class Mirror:
         state = self.sync()
         if self.saved != state.version and cache.write(self.path, self.settings, state):
             self.saved = state.version
+
+    def _matches(self, state: cache.Cached, s: Settings) -> bool:
+        """Whether a caught-up index read from the cache file has the gallery's layout (index classes, metric,
+        dim) and holds the database's rows and IVF centroids (inside the caller's snapshot)."""
+        want = digest.stored(self.db.conn)
+        try:
+            centroids = self.db.centroids(s.dim) if s.index == "ivf" else None
+            if cache.layout(state.index) != cache.layout(cache.empty_index(s, centroids)):  # e.g. another metric
+                return False
+            inner = cache.faiss().downcast_index(state.index)
+            if isinstance(inner, cache.faiss().IndexIVF):
+                held = inner.quantizer.reconstruct_n(0, inner.quantizer.ntotal)
+                if centroids is None or not np.array_equal(held, centroids):
+                    return False
+            return want is not None and digest.of_index(state.index, state.ids, state.owners) == want
+        except (RuntimeError, ValueError, TypeError, AttributeError, MemoryError, DataError):  # a forged file
+            return False
 
     def _empty(self, s: Settings) -> cache.Cached:
         centroids = self.db.centroids(s.dim) if s.index == "ivf" else None
@@ -78,6 +107,7 @@ class Mirror:
         if bad_vectors(vectors, s.metric == "cosine"):
             raise DataError(f"{self.db.path}: some stored embeddings are not valid vectors (damaged); {ADVICE}")
         if len(ids):
-            state.index.add_with_ids(vectors, ids)
+            with cache.one_thread(len(ids)):
+                state.index.add_with_ids(vectors, ids)
             state.ids, state.owners = np.concatenate([state.ids, ids]), np.concatenate([state.owners, owners])
         state.version = s.version

@@ -3,7 +3,8 @@
 Keys: `format`, `schema`, a random `uid` (names the database in its index cache), `metric`, `dim`,
 `fingerprint` (the model's weights), the index kind and its parameters (`index`, `nlist`, `nprobe`, `hnsw_m`,
 `ef_search`, `centroids`: an IVF quantizer's (nlist, dim) float32 blob), `epoch` (the version at which the index
-kind was chosen), `next_id` (the next photo id) and `version` (raised by every write transaction).
+kind was chosen), `next_id` (the next photo id), `version` (raised by every write transaction) and `digest`
+(digest.py: a checksum of the stored rows that an index cache must match).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def new_meta(metric: str, dim: int, fingerprint: str | None) -> dict[str, object
         "epoch": 0,
         "next_id": 0,
         "version": 0,
+        "digest": "0" * 16,  # digest.text(digest.EMPTY): no rows yet
         "created": time.time(),
     }
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from facerec.errors import DataError
+from facerec.photos.gallery import digest
 from facerec.photos.gallery.settings import ADVICE, Settings, check
 
 DB_NAME = "gallery.db"
@@ -97,7 +98,20 @@ class Store:
         if problems != ["ok"]:
             self.conn.close()
             raise DataError(f"{path} is damaged ({'; '.join(problems)[:300]}); {ADVICE}")
-        self.settings()  # fail now, with the file's name, if it is not a gallery
+        self._fill_in_digest(self.settings().dim)  # fails now, naming the file, if it is not a gallery
+
+    def _fill_in_digest(self, dim: int) -> None:
+        """Give a gallery made before content digests its digest (once: one read of every row). A read-only
+        gallery stays without one: its index cache is then never trusted, only rebuilt."""
+        with self.snapshot():
+            if digest.stored(self.conn) is not None:
+                return
+        try:
+            with self.writing() as conn:
+                if digest.stored(conn) is None:
+                    digest.reset(conn, digest.of_rows(*self.rows(-1, dim)))
+        except DataError:
+            pass
 
     def close(self) -> None:
         self.conn.close()
@@ -206,7 +220,18 @@ class Store:
                 [(i, pid, v.tobytes(), s, now) for i, v, s in zip(ids, vectors, sources)],
             )
             self.set_meta(conn, {"next_id": start + len(ids)})
+            digest.change(conn, digest.of_rows(np.asarray(ids), np.full(len(ids), pid), vectors))
             return ids
+
+    def remove_person(self, conn: sqlite3.Connection, person: int, dim: int) -> int:
+        """Delete a person and their photos (inside `writing()`); how many photos."""
+        rows = conn.execute("SELECT id, embedding FROM photos WHERE person = ?", (person,)).fetchall()
+        vectors = _vectors(b"".join(r[1] for r in rows), dim, self.path, "photos", len(rows))
+        ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+        digest.change(conn, -digest.of_rows(ids, np.full(len(ids), person), vectors))
+        conn.execute("DELETE FROM photos WHERE person = ?", (person,))
+        conn.execute("DELETE FROM people WHERE id = ?", (person,))
+        return len(rows)
 
     def set_meta(self, conn: sqlite3.Connection, values: dict[str, object]) -> None:
         conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
