@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from tests.conftest import facehw_dir, tiny_overrides
 
 import facerec
-from facerec.cli.main import main
 from facerec.data.images import decode_batch
 from facerec.distillation.cache import teacher_targets
 from facerec.distillation.onnx_teacher import OnnxTeacher, OnnxTeacherOptions
@@ -87,106 +86,6 @@ def _train_paths(work: Path) -> list[str]:
 
     cfg = load_config(None, [f"data.root={FACEHW}", *student_config(work)])
     return load_distill_data(cfg, lambda _: None).train.paths
-
-
-class CountingTeacher:
-    """A teacher that counts the images it embeds; `fingerprint` follows `option`."""
-
-    embedding_dim = 3
-
-    def __init__(self, option: str = "a") -> None:
-        self.name, self.option, self.embedded = "counting", option, 0
-
-    @property
-    def fingerprint(self) -> str:
-        return f"counting-{self.option}"
-
-    def embed(self, images: list[str]) -> np.ndarray:
-        self.embedded += len(images)
-        return np.array([[len(p) % 7 + 1.0, 1.0, float(i)] for i, p in enumerate(images)], np.float32)
-
-
-def test_cache_is_hit_when_nothing_changed_and_missed_when_teacher_or_folder_changed(face_dir: Path) -> None:
-    paths = sorted(str(p) for p in face_dir.rglob("*.jpg"))
-    cache = face_dir.parent / "cache"
-    first = teacher_targets(CountingTeacher(), paths, cache, batch_size=5)
-    assert first.computed == len(paths) and first.path.is_file()
-    again = CountingTeacher()
-    hit = teacher_targets(again, paths, cache)
-    assert again.embedded == 0 and hit.computed == 0 and hit.path == first.path
-    np.testing.assert_array_equal(hit.embeddings, first.embeddings)
-    expected_mean = F.normalize(torch.from_numpy(first.embeddings), dim=1).mean(0).numpy()
-    np.testing.assert_allclose(hit.mean, expected_mean, rtol=1e-6)  # the stored training mean
-    with np.load(first.path, allow_pickle=False) as f:  # nothing pickled
-        assert set(f.files) == {"key", "embeddings", "done", "mean"}
-    other = CountingTeacher("b")  # another option of the teacher: another key
-    assert teacher_targets(other, paths, cache).computed == len(paths) and other.embedded == len(paths)
-    Path(paths[0]).write_bytes(Path(paths[1]).read_bytes())  # a changed image (size / mtime)
-    changed = CountingTeacher()
-    assert teacher_targets(changed, paths, cache).computed == len(paths)
-    fewer = CountingTeacher()
-    assert teacher_targets(fewer, paths[1:], cache).computed == len(paths) - 1  # a changed folder
-
-
-def test_interrupted_caching_continues_from_its_partial_file(face_dir: Path) -> None:
-    paths = sorted(str(p) for p in face_dir.rglob("*.jpg"))
-
-    class Failing(CountingTeacher):
-        def embed(self, images: list[str]) -> np.ndarray:
-            if self.embedded >= 8:
-                raise KeyboardInterrupt
-            return super().embed(images)
-
-    with pytest.raises(KeyboardInterrupt):
-        teacher_targets(Failing(), paths, face_dir.parent / "cache", batch_size=4, save_every_s=0)
-    resumed = CountingTeacher()
-    out = teacher_targets(resumed, paths, face_dir.parent / "cache", batch_size=4)
-    assert resumed.embedded == len(paths) - 8 and out.computed == len(paths) - 8
-    full = teacher_targets(CountingTeacher(), paths, face_dir.parent / "fresh", batch_size=4)
-    np.testing.assert_array_equal(out.embeddings, full.embeddings)
-
-
-@pytest.mark.parametrize(
-    "folder, why",
-    [
-        ("verification_data", "verification images"),
-        ("classification_data/test_data", "test split"),
-        ("classification_data/val_data", "validation split"),
-    ],
-)
-def test_evaluation_folders_are_refused(
-    folder: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    out = tmp_path / "run"
-    args = ["distill", "--teacher", "dlib", "--data", str(FACEHW / folder), "--out", str(out)]
-    assert main(args) == 1
-    err = capsys.readouterr().err
-    assert "refused as training data" in err and why in err and "training images only" in err
-    assert not out.exists()  # nothing written, not even the run folder
-    assert main([*args[:4], str(FACEHW), "--extra", str(FACEHW / folder), "--out", str(out)]) == 1
-    assert why in capsys.readouterr().err
-
-
-def test_lfw_copies_are_refused(shared_data: Path, tmp_path: Path) -> None:
-    from facerec.distillation.data import refusal
-
-    assert "LFW" in refusal(shared_data / "lfw_tiny" / "classify")
-    lfw = tmp_path / "a" / "people"  # LFW's naming under an innocent name
-    for who in ("Ann_Lee", "Bo_Chan"):
-        (lfw / who).mkdir(parents=True)
-        shutil.copy(_any_jpg(), lfw / who / f"{who}_0001.jpg")
-    assert "LFW's file naming" in refusal(lfw)
-    mine = tmp_path / "mine" / "faces"
-    (mine / "x").mkdir(parents=True)
-    shutil.copy(_any_jpg(), mine / "x" / "1.jpg")
-    assert refusal(mine) is None
-    (mine.parent / "pairs.txt").write_text("10 300\n")  # a pair file beside the images: a verification set
-    assert "pair file" in refusal(mine)
-    assert refusal(FACEHW / "classification_data" / "train_data", pair_files_allowed=True) is None
-
-
-def _any_jpg() -> Path:
-    return next((FACEHW / "classification_data" / "train_data" / "0").glob("*.jpg"))
 
 
 @pytest.mark.slow  # three (two) tiny runs on facehw: 20-40 s on 2 busy cores

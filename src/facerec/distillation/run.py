@@ -123,9 +123,12 @@ def _distill_loss(
             "nothing to train on: distill.weight_embedding and distill.weight_relational are 0 and "
             + ("distill.weight_labels is 0" if data.labelled else "the images have no labels")
         )
-    if not labelled and cfg.data.sampler == "pk":
-        raise ConfigError("data.sampler=pk needs identities: these images are unlabelled; use data.sampler=auto")
     n_unlabelled = len(data.train) - data.labelled
+    if n_unlabelled and (cfg.data.sampler == "pk" or (labelled and head.needs_pk)):
+        raise ConfigError(
+            f"P x K batches need an identity on every image, and {n_unlabelled} images have none: use "
+            "data.sampler=auto with a loss that does not need positives in the batch (a margin head: cosface...)"
+        )
     log(
         f"distill: {len(data.train)} images ({data.labelled} labelled, {n_unlabelled} unlabelled); weights "
         f"embedding {d.weight_embedding}, relational {d.weight_relational}, "

@@ -1,0 +1,70 @@
+"""The teacher-embedding cache (distillation/cache.py): hit when nothing changed, missed when the teacher, an
+option or the image list changed, resumed after an interruption; nothing pickled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from facerec.distillation.cache import teacher_targets
+
+
+class CountingTeacher:
+    """A teacher that counts the images it embeds; `fingerprint` follows `option`."""
+
+    embedding_dim = 3
+
+    def __init__(self, option: str = "a") -> None:
+        self.name, self.option, self.embedded = "counting", option, 0
+
+    @property
+    def fingerprint(self) -> str:
+        return f"counting-{self.option}"
+
+    def embed(self, images: list[str]) -> np.ndarray:
+        self.embedded += len(images)
+        return np.array([[len(p) % 7 + 1.0, 1.0, float(i)] for i, p in enumerate(images)], np.float32)
+
+
+def test_cache_is_hit_when_nothing_changed_and_missed_when_teacher_or_folder_changed(face_dir: Path) -> None:
+    paths = sorted(str(p) for p in face_dir.rglob("*.jpg"))
+    cache = face_dir.parent / "cache"
+    first = teacher_targets(CountingTeacher(), paths, cache, batch_size=5)
+    assert first.computed == len(paths) and first.path.is_file()
+    again = CountingTeacher()
+    hit = teacher_targets(again, paths, cache)
+    assert again.embedded == 0 and hit.computed == 0 and hit.path == first.path
+    np.testing.assert_array_equal(hit.embeddings, first.embeddings)
+    expected_mean = F.normalize(torch.from_numpy(first.embeddings), dim=1).mean(0).numpy()
+    np.testing.assert_allclose(hit.mean, expected_mean, rtol=1e-6)  # the stored training mean
+    with np.load(first.path, allow_pickle=False) as f:  # nothing pickled
+        assert set(f.files) == {"key", "embeddings", "done", "mean"}
+    other = CountingTeacher("b")  # another option of the teacher: another key
+    assert teacher_targets(other, paths, cache).computed == len(paths) and other.embedded == len(paths)
+    Path(paths[0]).write_bytes(Path(paths[1]).read_bytes())  # a changed image (size / mtime)
+    changed = CountingTeacher()
+    assert teacher_targets(changed, paths, cache).computed == len(paths)
+    fewer = CountingTeacher()
+    assert teacher_targets(fewer, paths[1:], cache).computed == len(paths) - 1  # a changed folder
+
+
+def test_interrupted_caching_continues_from_its_partial_file(face_dir: Path) -> None:
+    paths = sorted(str(p) for p in face_dir.rglob("*.jpg"))
+
+    class Failing(CountingTeacher):
+        def embed(self, images: list[str]) -> np.ndarray:
+            if self.embedded >= 8:
+                raise KeyboardInterrupt
+            return super().embed(images)
+
+    with pytest.raises(KeyboardInterrupt):
+        teacher_targets(Failing(), paths, face_dir.parent / "cache", batch_size=4, save_every_s=0)
+    resumed = CountingTeacher()
+    out = teacher_targets(resumed, paths, face_dir.parent / "cache", batch_size=4)
+    assert resumed.embedded == len(paths) - 8 and out.computed == len(paths) - 8
+    full = teacher_targets(CountingTeacher(), paths, face_dir.parent / "fresh", batch_size=4)
+    np.testing.assert_array_equal(out.embeddings, full.embeddings)
