@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import facehw_dir, tiny_overrides
 
 import facerec
+from conftest import facehw_dir, tiny_overrides
 from facerec.data.images import decode_batch
 from facerec.distillation.cache import teacher_targets
 from facerec.distillation.onnx_teacher import OnnxTeacher, OnnxTeacherOptions

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.conftest import make_hw2p2
 
+from conftest import make_hw2p2
 from facerec.cli.main import main
 from facerec.config import load_config
 from facerec.data.folder import DataError
