@@ -68,3 +68,23 @@ def test_the_val_pairs_images_are_refused_as_training_images(tmp_path: Path) -> 
     data = load_distill_data(cfg, lambda _: None)  # the layout's own pairs: verification_data, apart
     assert len(data.train) == 12 and data.labelled == 12 and data.pairs is not None
     assert all(Path(p).is_relative_to(train) for p in data.train.paths)
+
+
+def test_the_command_line_fills_the_distill_section(capsys: pytest.CaptureFixture) -> None:
+    args = [
+        "distill",
+        "--teacher",
+        "models/x.onnx",
+        "--data",
+        "d",
+        "--extra",
+        "a",
+        "--extra",
+        "b",
+        "--print-config",
+    ]
+    assert main([*args, "distill.weight_relational=2", "distill.onnx_channels=bgr"]) == 0
+    printed = capsys.readouterr().out
+    assert "teacher: models/x.onnx" in printed and "weight_relational: 2.0" in printed
+    assert "extra:\n  - a\n  - b" in printed and "onnx_channels: bgr" in printed
+    assert main(["distill", "--teacher", "dlib", "--data", "d"]) == 2  # no --out
