@@ -142,7 +142,7 @@ def test_val_bins_are_scored_every_epoch(tmp_path: Path, monkeypatch, capsys) ->
     b = synthetic_pack(tmp_path / "b.bin", arrays=True)
     run = tmp_path / "run"
     args = ["train", "--data", str(hw2p2_dir), "--out", str(run), "train.epochs=2", f"data.val_bins=[{a},{b}]"]
-    assert main([*args, *tiny_overrides("train.max_steps_per_epoch=3")]) == 0
+    assert main([*args, *tiny_overrides("train.max_steps_per_epoch=3", "train.best_metric=bins_auc")]) == 0
     out = capsys.readouterr().out
     assert "val pack val_a: 46 pairs" in out and "bin_val_a_auc" in out.split("== epoch 2/2")[1]
     epochs = [r for r in read_metrics(run) if r["event"] == "epoch"]
@@ -153,6 +153,11 @@ def test_val_bins_are_scored_every_epoch(tmp_path: Path, monkeypatch, capsys) ->
     bench = json.loads(capsys.readouterr().out)[0]
     assert bench["auc"] == pytest.approx(epochs[-1]["bin_val_a_auc"], abs=1e-6)
     assert bench["accuracy"] == pytest.approx(epochs[-1]["bin_val_a_acc"], abs=1e-6)
+    # train.best_metric=bins_auc: best.pt follows the packs' mean AUC
+    means = [(e["bin_val_a_auc"] + e["bin_b_auc"]) / 2 for e in epochs]
+    assert [e["bins_auc"] for e in epochs] == pytest.approx(means)
+    best = max(range(2), key=lambda i: (means[i], i))  # ties go to the later epoch
+    assert f"done: best bins_auc {means[best]}" in out or f"best bins_auc {epochs[best]['bins_auc']}" in out
 
 
 def test_a_missing_or_unsafe_val_bin_stops_the_run_before_training(hw2p2_dir: Path, tmp_path: Path, capsys):

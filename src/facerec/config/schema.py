@@ -116,8 +116,8 @@ class TrainConfig:
     compile: bool = False
     threads: int = _limit(0, 0)  # torch intra-op threads on CPU (0 = torch's default)
     best_metric: str = _choice(
-        "val_auc", "val_acc", "train_loss"
-    )  # val_auc | val_acc | train_loss (checkpoint "best.pt" follows it)
+        "val_auc", "val_acc", "bins_auc", "train_loss"
+    )  # val_auc | val_acc | bins_auc (mean AUC of the data.val_bins packs) | train_loss (best.pt follows it)
     eval_every: int = _limit(1, 1)
     flip_tta: bool = True  # average embeddings of the image and its mirror at evaluation
     log_every: int = _limit(20, 1)  # steps between progress lines

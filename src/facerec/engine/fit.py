@@ -27,7 +27,7 @@ from facerec.engine.progress import Progress
 from facerec.engine.train import train_one_epoch
 from facerec.engine.validate import validate
 
-BEST_METRICS = ("val_auc", "val_acc", "train_loss")
+BEST_METRICS = ("val_auc", "val_acc", "bins_auc", "train_loss")
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ def prototypes_for(parts: FitParts, per_class: int = 8) -> torch.Tensor | None:
 
 def validate(parts: FitParts) -> tuple[dict[str, float], np.ndarray | None]:
     """Closed-set accuracy on the val split, verification metrics on the val pairs (whichever exist) and each
-    val pack's 10-fold accuracy and AUC (bin_<name>_acc, bin_<name>_auc), of the weight average when the run keeps
-    one."""
+    val pack's 10-fold accuracy and AUC (bin_<name>_acc, bin_<name>_auc) and their mean AUC (bins_auc), of the
+    weight average when the run keeps one."""
     with parts.step.ema.applied() if parts.step.ema is not None else contextlib.nullcontext():
         return _validate(parts)
 
@@ -69,4 +69,6 @@ def _validate(parts: FitParts) -> tuple[dict[str, float], np.ndarray | None]:
     for pack in parts.bins:  # data.val_bins: insightface's protocol, which always adds the mirror image
         r = protocol_report(embed(parts.model, pack.images, dev, flip=True, channels_last=cl), pack.issame)
         out.update({f"bin_{pack.name}_acc": r["accuracy"], f"bin_{pack.name}_auc": r["auc"]})
+    if parts.bins:  # one number for train.best_metric=bins_auc: the packs' mean AUC
+        out["bins_auc"] = float(np.mean([out[f"bin_{pack.name}_auc"] for pack in parts.bins]))
     return out, pair_scores
