@@ -29,7 +29,7 @@ from facerec.losses.base import EmbeddingLoss
 METHODS = ("centres", "mean", "knn")
 DEFAULT_K = 1  # the best K on facehw val (top-1 falls as K grows: 51.6% at 1, 46.2% at 5, 40.7% at 10)
 ONNX_METHODS = ("centres", "mean")  # what an ONNX class head can be (a matmul); knn runs in PyTorch only
-_NO_IMAGE = -2.0  # kNN score of a class without a single training image: below every cosine
+_NO_IMAGE = -2.0  # nearest similarity of a class without a single training image: below every cosine
 ADD_MEANS = "facerec export --checkpoint MODEL --train-data DATA --out MODEL"
 
 
@@ -76,10 +76,10 @@ def knn_scores(
     """Similarity-weighted vote of the k nearest training images by cosine: (N, D) -> (N, C).
 
     A class scores the sum of the cosine similarities of its images among the k nearest. A class with none of them
-    scores its nearest image's similarity instead, which is at most the k-th nearest's and so below every voted
-    class whenever that is >= 0 (it always is on real faces): the rest of the ranking (top-5 at k = 1) follows each
-    class's nearest image rather than an arbitrary order. Neighbours tied in similarity are taken in training-set
-    order (a stable sort), and `argmax` takes the first of tied classes, so the result is deterministic.
+    scores its nearest image's similarity minus (k + 1), below every voted class (a vote is at least k times the
+    k-th nearest similarity, and an unvoted class's nearest is at most that): the rest of the ranking (top-5 at
+    k = 1) follows each class's nearest image rather than an arbitrary order. Neighbours tied in similarity are
+    taken in training-set order, and `argmax` takes the first of tied classes, so the result is deterministic.
 
     Args:
         queries: (N, D) embeddings; train_embeddings: (M, D); both are L2-normalised here.
@@ -95,12 +95,20 @@ def knn_scores(
         sims = q @ g.T  # (n, M)
         index = labels.expand(len(q), -1)
         nearest = torch.full((len(q), num_classes), _NO_IMAGE).scatter_reduce(1, index, sims, "amax")
-        top, order = torch.sort(sims, dim=1, descending=True, stable=True)
-        top, voters = top[:, :k], labels[order[:, :k]]  # (n, k)
-        votes = torch.zeros(len(q), num_classes).scatter_add_(1, voters, top)
-        voted = torch.zeros(len(q), num_classes, dtype=torch.bool).scatter_(1, voters, True)
-        out.append(torch.where(voted, votes, nearest))
+        chosen = _k_nearest(sims, k).float()  # (n, M): 1 for the k voters
+        votes = torch.zeros(len(q), num_classes).scatter_add_(1, index, sims * chosen)
+        voted = torch.zeros(len(q), num_classes).scatter_add_(1, index, chosen) > 0
+        out.append(torch.where(voted, votes, nearest - (k + 1)))
     return torch.cat(out) if out else torch.zeros(0, num_classes)
+
+
+def _k_nearest(sims: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, M) similarities -> (n, M) bool, True for the k largest of each row; of the images tied with the k-th
+    largest, the first ones in training order (what a stable sort would keep, without sorting the row)."""
+    kth = sims.topk(k, dim=1).values[:, -1:]  # (n, 1): exact, whichever tied image topk returned
+    above, tied = sims > kth, sims == kth
+    room = k - above.sum(1, keepdim=True)  # places left for the tied images, >= 1
+    return above | (tied & (tied.cumsum(1) <= room))
 
 
 def train_set_state(
