@@ -54,7 +54,7 @@ def load_data(cfg: Config, log: Log = echo) -> tuple[Hw2p2Layout, ImageSet, Imag
     if val is None and val_dir is not None and not d.val_per_class:
         val = load_identity_folders(val_dir, d.image_size, train.classes, d.num_workers, d.cache, log)
         log(f"val: {len(val)} images")
-    if pairs is None and val is None:
+    if pairs is None and val is None and not d.val_bins:  # packs alone: train.best_metric=bins_auc
         log(
             "no validation data: best.pt follows the last epoch. Hold some out with data.holdout=0.1 "
             "(identities, for val AUC) and/or data.val_per_class=2 (images, for val accuracy)"
