@@ -39,7 +39,7 @@ class DataConfig:
     )  # auto | random | pk  (auto: pk when the loss needs positives in the batch)
     p: int = _limit(32, 1)  # identities per batch for the pk sampler (batch = p * k)
     k: int = _limit(4, 1)  # images per identity for the pk sampler
-    augment: str = "standard"  # none | flip | standard | strong | robust (strong + loss of resolution)
+    augment: str = "standard"  # none | flip | standard | strong | robust (strong + loss of resolution) | adaface
     num_workers: int = _limit(2, 0)  # threads that decode images when the dataset is first loaded
     cache: bool = True  # cache decoded images as .npy next to the run (the second run starts in seconds)
     max_per_class: int = _limit(0, 0)  # cap images per identity (0 = all); for quick experiments
