@@ -22,7 +22,7 @@ from facerec.inference.ensemble import (  # noqa: F401 (the names of the former 
     ensemble_embedder,
     member_thresholds_combined,
 )
-from facerec.inference.model import EnsembleFaceModel, FaceModel
+from facerec.inference.model import EnsembleFaceModel, checked_model
 
 __all__ = [
     "EnsembleEmbedder",
@@ -56,7 +56,7 @@ def build_ensemble(
     split), score every member and the ensemble there and store the ensemble's best-accuracy threshold on the val
     pairs. Returns {"members": [metrics...], "ensemble": metrics, "threshold", "threshold_source"}."""
     states = _member_states(checkpoints)
-    members = [FaceModel.from_state(s) for s in states]
+    members = [checked_model(s, c) for s, c in zip(states, checkpoints)]
     check_compatible(members)
     result: dict[str, Any] = {"members": [], "ensemble": {}}
     threshold, source = member_thresholds_combined(members), "derived from the members' thresholds (not tuned)"

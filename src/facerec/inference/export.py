@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from facerec.engine.checkpoint import export_inference, load_checkpoint
-from facerec.inference.model import EnsembleFaceModel, FaceModel, model_from_state
+from facerec.inference.model import EnsembleFaceModel, FaceModel, checked_model, load_model_file
 from facerec.inference.network import EnsembleHead
 from facerec.inference.onnx import OnnxFaceModel
 from facerec.inference.sidecar import (  # noqa: F401 (SIDECAR_FORMAT, METADATA_KEY: re-exported)
@@ -118,7 +118,7 @@ def export_onnx(
     TorchScript-based exporter (no onnxscript needed); `dynamo=True` the torch.export-based one.
     """
     state = load_checkpoint(checkpoint)
-    fm = model_from_state(state)
+    fm = checked_model(state, checkpoint)
     fingerprint = fm.fingerprint  # of the weights as loaded, before anything runs them
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ def compare_onnx(checkpoint: str | Path, onnx_path: str | Path, batch: int = 4, 
     """Run PyTorch and ONNX Runtime on the same random inputs: max abs diff and max relative error (to the
     largest PyTorch output magnitude) of the embeddings, and of the class scores when the file has its head.
     Needs onnxruntime."""
-    fm = model_from_state(load_checkpoint(checkpoint))
+    fm = load_model_file(checkpoint)
     om = OnnxFaceModel(onnx_path)
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (batch, fm.image_size, fm.image_size, 3), generator=g, dtype=torch.uint8)
@@ -164,6 +164,7 @@ def export_model(
     embeddings of inference.matching.train_set_state), .onnx -> ONNX + sidecar."""
     suffix = Path(out).suffix.lower()
     if suffix in PT_SUFFIXES:
+        load_model_file(checkpoint)  # a damaged file is a CheckpointError here, not copied into a model file
         return [export_inference(checkpoint, out, half=half, extra=extra)]
     if suffix in ONNX_SUFFIXES:
         if extra:

@@ -182,7 +182,12 @@ def model_from_state(state: dict[str, Any], device: str = "cpu") -> FaceModel:
 def load_model_file(path: str | Path, device: str = "cpu") -> FaceModel:
     """A run checkpoint, an exported .pt model file or an ensemble file -> FaceModel / EnsembleFaceModel.
     CheckpointError when the file is not one, or its content does not make a model (a damaged file)."""
-    state = load_checkpoint(path, map_location=device)
+    return checked_model(load_checkpoint(path, map_location=device), path, device)
+
+
+def checked_model(state: dict[str, Any], path: str | Path, device: str = "cpu") -> FaceModel:
+    """`model_from_state` of the content of the file `path` (export and ensemble need the state too): a
+    CheckpointError naming the file, not a raw KeyError or RuntimeError, when the content does not make a model."""
     try:
         return model_from_state(state, device)
     except FacerecError:
