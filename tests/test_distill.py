@@ -137,6 +137,7 @@ def test_augmented_view_runs_with_a_pytorch_teacher_and_is_refused_for_onnx(work
     assert not (work / "online_onnx").exists()
 
 
+@pytest.mark.slow  # two tiny runs on facehw: 10-40 s on 2 busy cores
 def test_unlabelled_face_crops_train_on_the_teachers_losses_alone(work: Path) -> None:
     crops = work / "unlabelled" / "crops"
     crops.mkdir(parents=True)
@@ -157,3 +158,19 @@ def test_unlabelled_face_crops_train_on_the_teachers_losses_alone(work: Path) ->
     (work / "unlabelled" / "pairs.txt").write_text("a.jpg b.jpg 1\n")  # now a verification set
     with pytest.raises(DataError, match="pair file"):
         facerec.distill(work / "teacher" / "best.pt", crops, work / "run_refused", overrides=over)
+
+
+def test_cache_only_computes_the_teachers_embeddings_and_trains_nothing(
+    work: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from facerec.cli.main import main
+
+    args = ["distill", "--teacher", str(work / "teacher" / "best.pt"), "--data", str(FACEHW), "--cache-only"]
+    assert main([*args, *student_config(work, "distill.flip=false")]) == 0
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    with np.load(path, allow_pickle=False) as f:
+        assert (
+            f["embeddings"].shape == (len(_train_paths(work)), 32) and int(f["done"]) == f["embeddings"].shape[0]
+        )
+    assert main([*args, *student_config(work, "distill.flip=false")]) == 0
+    assert "from the cache" in capsys.readouterr().out

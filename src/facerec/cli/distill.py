@@ -28,15 +28,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument(
+        "--cache-only",
+        action="store_true",
+        help="compute (or find) the teacher's cached embeddings of the training images, print the file, and exit",
+    )
+    p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. distill.weight_labels=0.5"
     )
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from facerec.config import config_yaml, load_config, recipe_path
-    from facerec.distillation.run import distill
+    from facerec.distillation.run import cache_teacher, distill
 
-    if not args.out and not args.print_config:
+    if not args.out and not (args.print_config or args.cache_only):
         print("facerec distill: give --out RUN_DIR (the run folder)", file=sys.stderr)
         return 2
     cfg = load_config(
@@ -46,6 +51,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     cfg.distill.extra = [*cfg.distill.extra, *args.extra]
     if args.print_config:
         print(config_yaml(cfg), end="")
+        return 0
+    if args.cache_only:
+        print(cache_teacher(cfg).path)
         return 0
     distill(cfg, args.out)
     return 0

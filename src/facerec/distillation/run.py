@@ -94,6 +94,15 @@ def _distill(cfg: Config, run_dir: Path, teacher: Teacher | None, device: torch.
     return state
 
 
+def cache_teacher(cfg: Config, teacher: Teacher | None = None, log: Log = echo) -> TeacherTargets:
+    """Only compute (or find) the teacher's cached embeddings of the run's training images, e.g. a slow teacher's
+    in the background before the runs that use them (`facerec distill --cache-only`)."""
+    d = cfg.distill
+    teacher = teacher if teacher is not None else make_teacher(d.teacher, d, str(resolve_device(cfg.train.device)))
+    data = load_distill_data(cfg, log)
+    return teacher_targets(teacher, data.train.paths, d.cache_dir or None, d.teacher_batch, log)
+
+
 def _online_teacher(teacher: Teacher, view: str) -> torch.nn.Module | None:
     """The teacher's network for teacher_view=augmented (None for "clean"); ConfigError where it has none."""
     if view == "clean":
