@@ -68,3 +68,22 @@ def test_interrupted_caching_continues_from_its_partial_file(face_dir: Path) -> 
     assert resumed.embedded == len(paths) - 8 and out.computed == len(paths) - 8
     full = teacher_targets(CountingTeacher(), paths, face_dir.parent / "fresh", batch_size=4)
     np.testing.assert_array_equal(out.embeddings, full.embeddings)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda f: f.write_bytes(b"not an npz"),
+        lambda f: f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2]),
+        lambda f: np.savez(open(f, "wb"), key=np.array("x"), embeddings=np.zeros((2, 3)), done=np.array(2)),
+    ],
+    ids=["garbage", "truncated", "foreign"],
+)
+def test_a_damaged_cache_file_is_computed_again(face_dir: Path, damage) -> None:
+    paths = sorted(str(p) for p in face_dir.rglob("*.jpg"))
+    first = teacher_targets(CountingTeacher(), paths, face_dir.parent / "cache")
+    damage(first.path)
+    again = CountingTeacher()
+    out = teacher_targets(again, paths, face_dir.parent / "cache")
+    assert again.embedded == len(paths) and out.computed == len(paths)
+    np.testing.assert_array_equal(out.embeddings, first.embeddings)

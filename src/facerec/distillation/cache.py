@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ def _read(path: Path, key: str, n: int, dim: int) -> tuple[np.ndarray, int, np.n
                 int(f["done"]),
                 np.asarray(f["mean"], np.float32),
             )
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, damaged, not ours
         return None
     if e.shape != (n, dim) or mean.shape != (dim,) or not 0 <= done <= n or not np.isfinite(e[:done]).all():
         return None
