@@ -166,11 +166,11 @@ def test_cache_only_computes_the_teachers_embeddings_and_trains_nothing(
     from facerec.cli.main import main
 
     args = ["distill", "--teacher", str(work / "teacher" / "best.pt"), "--data", str(FACEHW), "--cache-only"]
-    assert main([*args, *student_config(work, "distill.flip=false")]) == 0
+    assert main([*args, *student_config(work, "distill.flip=off")]) == 0
     path = Path(capsys.readouterr().out.strip().splitlines()[-1])
     with np.load(path, allow_pickle=False) as f:
         assert (
             f["embeddings"].shape == (len(_train_paths(work)), 32) and int(f["done"]) == f["embeddings"].shape[0]
         )
-    assert main([*args, *student_config(work, "distill.flip=false")]) == 0
+    assert main([*args, *student_config(work, "distill.flip=off")]) == 0
     assert "from the cache" in capsys.readouterr().out

@@ -49,7 +49,8 @@ def test_dlib_teacher_tells_facehw_people_apart(facehw: Path, tmp_path: Path) ->
     flipped = dlib_teacher(flip=True)
     assert flipped.fingerprint != teacher.fingerprint
     assert dlib_teacher(flip=False, box="whole").fingerprint != teacher.fingerprint
-    built = make_teacher("dlib", DistillConfig(flip=False))
+    built = make_teacher("dlib", DistillConfig())  # flip=auto: off for dlib
+
     assert isinstance(built, DlibTeacher) and built.fingerprint == teacher.fingerprint
 
 

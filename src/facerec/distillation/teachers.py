@@ -77,11 +77,13 @@ def make_teacher(spec: str, options: DistillConfig, device: str = "cpu") -> Teac
     """The teacher that `--teacher` / `distill.teacher` names (module notes); ConfigError when it names none."""
     if not spec:
         raise ConfigError("no teacher given: pass --teacher dlib, a facerec model file or an .onnx model")
-    if spec.lower() == "dlib":
-        return DlibTeacher(options.dlib_size, options.dlib_box, options.flip)
+    dlib = spec.lower() == "dlib"
+    flip = options.flip == "on" or (options.flip == "auto" and not dlib)
+    if dlib:
+        return DlibTeacher(options.dlib_size, options.dlib_box, flip)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise ConfigError(f"distill.teacher={spec}: no such file; give dlib or a model file (.pt or .onnx)")
     if is_onnx(path) and not has_facerec_metadata(path):
-        return OnnxTeacher(path, OnnxTeacherOptions.from_config(options), options.flip)
-    return ModelTeacher(path, device, options.flip)
+        return OnnxTeacher(path, OnnxTeacherOptions.from_config(options), flip)
+    return ModelTeacher(path, device, flip)
