@@ -122,7 +122,8 @@ def test_cli_enroll_identify_list_remove(tmp_path_factory, face_dir, capsys):
     assert run_cli(["gallery", "reindex", "--index", "hnsw", "--ef-search", "32", "--gallery", gal]) == 0
     assert run_cli(["gallery", "list", "--gallery", gal]) == 0
     out = capsys.readouterr().out
-    assert "renamed bob to Bob B: 4 photos" in out and "hnsw index" in out and "     4  Bob B" in out
+    assert "renamed bob to Bob B: 4 photos" in out and "hnsw index over" in out and "     4  Bob B" in out
+    assert "(M 32, efSearch 32)" in out  # the settings reindex recorded
     with pytest.raises(DataError, match="give both names"):
         run_cli(["gallery", "rename", "carol", "--gallery", gal])
     with pytest.raises(DataError, match="NAME PHOTO"):

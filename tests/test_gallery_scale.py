@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 faiss = pytest.importorskip("faiss")
-from facerec.photos.gallery import Gallery, cache, digest  # noqa: E402
+from facerec.photos.gallery import Gallery, cache, digest, settings  # noqa: E402
 
 DIM = 16
 
@@ -41,6 +41,38 @@ def _recomputed(g: Gallery) -> str:
     vectors = np.frombuffer(b"".join(r[2] for r in rows), np.float32).reshape(-1, DIM)
     ids, owners = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
     return digest.text(digest.of_rows(ids, owners, vectors))
+
+
+def test_reindex_picks_the_measured_settings_by_size(tmp_path: Path) -> None:
+    """What bench/gallery.py measured to reach recall@1 >= 0.99 (docs/benchmarks.md, "Gallery at scale"): IVF
+    searches a quarter of ~4 sqrt(N) lists; HNSW efSearch grows with sqrt(N) (was: nprobe 8, efSearch 64, recall
+    0.6-0.9 at 100,000)."""
+    assert [settings.ivf_defaults(n) for n in (10_000, 100_000, 1_000_000)] == [
+        (256, 64),
+        (1264, 316),
+        (4000, 1000),
+    ]
+    assert settings.ivf_defaults(100_000, nlist=1024) == (1024, 256) and settings.ivf_defaults(50) == (1, 1)
+    assert [settings.hnsw_defaults(n)[1] for n in (100, 10_000, 100_000, 1_000_000, 10**8)] == [
+        64,
+        128,
+        256,
+        1024,
+        1024,
+    ]
+    rng = np.random.default_rng(0)
+    with Gallery.open(tmp_path / "g", "cosine", DIM) as g:
+        g.add("crowd", rng.normal(size=(6500, DIM)).astype(np.float32))  # one transaction
+        g.reindex("ivf")  # min(4 sqrt(6500), 6500 // 39) = 166 lists, 42 searched
+        assert (g.meta["nlist"], g.meta["nprobe"], g.index.nprobe) == (166, 42, 42)
+        g.reindex("hnsw", ef_search=None)  # 0.8 sqrt(6500) = 64.5 -> 128
+        sub = faiss.downcast_index(faiss.downcast_index(g.index).index)
+        assert (g.meta["hnsw_m"], g.meta["ef_search"], sub.hnsw.efSearch, sub.hnsw.nb_neighbors(1)) == (
+            32,
+            128,
+            128,
+            32,
+        )
 
 
 def test_one_faiss_thread_for_small_batches_only() -> None:

@@ -51,9 +51,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="reindex: exact search, IVF or HNSW (approximate, for large galleries); every process then uses it",
     )
     p.add_argument("--nlist", type=int, help="reindex --index ivf: number of lists (default ~4 sqrt(N))")
-    p.add_argument("--nprobe", type=int, help="reindex --index ivf: lists searched per query (default 8)")
+    p.add_argument("--nprobe", type=int, help="reindex --index ivf: lists searched per query (default nlist/4)")
     p.add_argument("--hnsw-m", type=int, help="reindex --index hnsw: links per vector (default 32)")
-    p.add_argument("--ef-search", type=int, help="reindex --index hnsw: candidates per search (default 64)")
+    p.add_argument(
+        "--ef-search",
+        type=int,
+        help="reindex --index hnsw: candidates per search (default ~0.8 sqrt(N), 64..1024)",
+    )
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -127,7 +131,10 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             print(f"renamed {args.name} to {args.new_name}: {gallery.rename(args.name, args.new_name)} photos")
         else:
             gallery.reindex(args.index, args.nlist, args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
-            print(f"rebuilt a {args.index} index over {len(gallery)} photos")
+            m = gallery.meta
+            how = {"ivf": f" (nlist {m['nlist']}, nprobe {m['nprobe']})"}
+            how["hnsw"] = f" (M {m['hnsw_m']}, efSearch {m['ef_search']})"
+            print(f"rebuilt a {args.index} index over {len(gallery)} photos{how.get(args.index, '')}")
         gallery.save()
     return 0
 

@@ -189,7 +189,8 @@ class Gallery:
     ) -> None:
         """Choose the index every process uses, recorded in the database: "flat" (exact), "ivf" (inverted lists,
         centroids trained here on the stored vectors, Jegou et al. 2011) or "hnsw" (a graph, Malkov & Yashunin
-        2018; removals rebuild it)."""
+        2018; removals rebuild it). Settings not given are picked by the gallery's size (settings.ivf_defaults,
+        settings.hnsw_defaults: what bench/gallery.py measured to reach recall@1 >= 0.99)."""
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
         given = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search}
@@ -202,7 +203,8 @@ class Gallery:
             if kind == "ivf":
                 values.update(self._ivf(nlist, nprobe))
             elif kind == "hnsw":
-                values.update(hnsw_m=hnsw_m or 32, ef_search=ef_search or 64)
+                m, ef = settings.hnsw_defaults(len(self))
+                values.update(hnsw_m=hnsw_m or m, ef_search=ef_search or ef)
             with self.store.writing() as conn:
                 version = int(conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
                 self.store.set_meta(conn, {**values, "epoch": version + 1})  # the version this commit makes
@@ -211,14 +213,14 @@ class Gallery:
     def _ivf(self, nlist: int | None, nprobe: int | None) -> dict[str, object]:
         vectors = self.vectors
         n = len(vectors)
-        nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 vectors per list
+        nlist, default_nprobe = settings.ivf_defaults(n, nlist)
         if n < nlist:
             raise DataError(
                 f"an IVF index with {nlist} lists needs at least {nlist} stored vectors, the gallery has {n}; "
                 "enroll more people or keep the flat index"
             )
         centroids = cache.train_centroids(self.metric, vectors, nlist)
-        return {"nlist": nlist, "nprobe": min(nlist, nprobe or 8), "centroids": centroids.tobytes()}
+        return {"nlist": nlist, "nprobe": min(nlist, nprobe or default_nprobe), "centroids": centroids.tobytes()}
 
     # -- search ---------------------------------------------------------------------------------------------
     def search(self, embeddings: torch.Tensor | np.ndarray, k: int = 5) -> list[list[Match]]:

@@ -98,7 +98,11 @@ class Store:
         if problems != ["ok"]:
             self.conn.close()
             raise DataError(f"{path} is damaged ({'; '.join(problems)[:300]}); {ADVICE}")
-        self._fill_in_digest(self.settings().dim)  # fails now, naming the file, if it is not a gallery
+        try:
+            self._fill_in_digest(self.settings().dim)  # fails now, naming the file, if it is not a gallery
+        except BaseException:
+            self.conn.close()
+            raise
 
     def _fill_in_digest(self, dim: int) -> None:
         """Give a gallery made before content digests its digest (once: one read of every row). A read-only
