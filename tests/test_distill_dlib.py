@@ -12,6 +12,7 @@ import pytest
 from facerec.config import DistillConfig
 from facerec.distillation.cache import teacher_targets
 from facerec.distillation.dlib_teacher import DlibTeacher, face_box
+from facerec.distillation.parallel import ParallelTeacher
 from facerec.distillation.teachers import make_teacher
 from facerec.metrics.verification import verification_report
 
@@ -66,3 +67,11 @@ def test_dlib_teacher_separates_facehw_val_pairs(facehw: Path) -> None:
     scores = np.array([e[at[a]] @ e[at[b]] for a, b, _ in rows])
     auc = verification_report(scores, np.array([int(r[2]) for r in rows]))["auc"]
     assert auc > 0.97, auc
+
+
+def test_dlib_teacher_in_worker_processes_gives_the_same_embeddings(facehw: Path) -> None:
+    one = dlib_teacher(flip=False)
+    paths = [str(p) for p in sorted((facehw / "classification_data" / "train_data" / "2").glob("*.jpg"))[:5]]
+    shared = make_teacher("dlib", DistillConfig(teacher_workers=2))
+    assert isinstance(shared, ParallelTeacher) and shared.fingerprint == one.fingerprint
+    np.testing.assert_array_equal(shared.embed(paths), one.embed(paths))  # in order, whatever the workers

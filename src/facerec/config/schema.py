@@ -144,6 +144,7 @@ class DistillConfig:
     extra: list[str] = field(default_factory=list)  # more training folders (identity folders or flat photos)
     cache_dir: str = ""  # teacher embeddings (.npz); "" = $FACEREC_CACHE/distill
     teacher_batch: int = _limit(64, 1)  # images per teacher call while caching
+    teacher_workers: int = _limit(1, 1, 256)  # processes that run the dlib teacher (one core each)
     # the teacher embeds each image and its mirror, summed; auto: on, off for dlib (twice its cost for +0.0004 AUC)
     flip: str = _choice("auto", "on", "off")
     dlib_box: str = _choice("inset", "detector", "whole")  # dlib's face box on the upscaled aligned crop

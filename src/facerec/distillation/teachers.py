@@ -13,6 +13,7 @@ file or package and its options) and `embed(images) -> (N, D) float32`. `make_te
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from facerec.config import DistillConfig
 from facerec.data.images import decode_batch
 from facerec.distillation.dlib_teacher import DlibTeacher
 from facerec.distillation.onnx_teacher import OnnxTeacher, OnnxTeacherOptions
+from facerec.distillation.parallel import ParallelTeacher
 from facerec.distillation.protocol import Teacher, TeacherImages, file_digest, options_digest
 from facerec.errors import ConfigError
 from facerec.inference.load import load
@@ -80,7 +82,8 @@ def make_teacher(spec: str, options: DistillConfig, device: str = "cpu") -> Teac
     dlib = spec.lower() == "dlib"
     flip = options.flip == "on" or (options.flip == "auto" and not dlib)
     if dlib:
-        return DlibTeacher(options.dlib_size, options.dlib_box, flip)
+        factory = functools.partial(DlibTeacher, options.dlib_size, options.dlib_box, flip)
+        return ParallelTeacher(factory, options.teacher_workers) if options.teacher_workers > 1 else factory()
     path = Path(spec).expanduser()
     if not path.is_file():
         raise ConfigError(f"distill.teacher={spec}: no such file; give dlib or a model file (.pt or .onnx)")
