@@ -125,6 +125,7 @@ def test_foreign_onnx_teacher_is_fed_as_its_options_say(work: Path) -> None:
     assert bgr.fingerprint != same.fingerprint
 
 
+@pytest.mark.slow  # a tiny run on facehw: 10-45 s on 2 busy cores
 def test_augmented_view_runs_with_a_pytorch_teacher_and_is_refused_for_onnx(work: Path) -> None:
     over = student_config(work, "train.epochs=1", "distill.teacher_view=augmented")
     best = facerec.distill(work / "teacher" / "best.pt", FACEHW, work / "online", overrides=over)
