@@ -88,3 +88,17 @@ def test_the_command_line_fills_the_distill_section(capsys: pytest.CaptureFixtur
     assert "teacher: models/x.onnx" in printed and "weight_relational: 2.0" in printed
     assert "extra:\n  - a\n  - b" in printed and "onnx_channels: bgr" in printed
     assert main(["distill", "--teacher", "dlib", "--data", "d"]) == 2  # no --out
+
+
+def test_an_extra_folder_holding_the_val_pairs_images_is_refused(tmp_path: Path) -> None:
+    root = make_hw2p2(tmp_path / "hw", n_ids=3, per_id=4)
+    mine = tmp_path / "mine" / "faces"
+    mine.mkdir(parents=True)
+    for name in ("10000000.jpg", "10000001.jpg"):  # two verification images copied under another name
+        shutil.copy(root / "verification_data" / name, mine / name)
+    pairs = tmp_path / "p.txt"
+    pairs.write_text(f"{mine / '10000000.jpg'} {mine / '10000001.jpg'} 0\n")
+    over = [f"data.root={root}", f"data.pairs={pairs}", "data.image_size=16", "data.cache=false"]
+    cfg = load_config(None, [*over, f"distill.extra=[{mine}]"])
+    with pytest.raises(DataError, match="val pairs' images"):
+        load_distill_data(cfg, lambda _: None)

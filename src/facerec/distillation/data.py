@@ -155,10 +155,11 @@ def _extra(folder: str, cfg: Config, log: Log) -> ImageSet:
 
 
 def _check_pair_images(pairs_file: Path | None, layout: Hw2p2Layout | None, train: ImageSet) -> None:
-    """DataError when a training image is one of the val pairs' images (their folders are evaluation data)."""
-    if pairs_file is None or layout is None:
+    """DataError when a training image lies in a folder of the val pairs' images (evaluation data)."""
+    if pairs_file is None:
         return
-    a, b = check_pair_files(read_pairs(pairs_file), layout.root, layout.verification)
+    root, verification = (layout.root, layout.verification) if layout is not None else (pairs_file.parent, None)
+    a, b = check_pair_files(read_pairs(pairs_file), root, verification)
     folders = {Path(p).resolve().parent for p in a + b}
     for p in train.paths:
         if Path(p).resolve().parent in folders:
@@ -183,9 +184,9 @@ def load_distill_data(cfg: Config, log: Log = echo) -> DistillData:
         layout, train, val, pairs = load_data(cfg, log)
         if is_pack(d.root):  # a pack's paths are relative to the split it was decoded from
             train = replace(train, paths=[str(image_root(d.root) / p) for p in train.paths])
-        _check_pair_images(Path(d.pairs) if d.pairs else layout.pairs_val, layout, train)
     for i, folder in enumerate(cfg.distill.extra):
         train = _joined(train, _extra(folder, cfg, log), f"extra{i}")
+    _check_pair_images(Path(d.pairs) if d.pairs else layout.pairs_val if layout else None, layout, train)
     if not train.paths or len(train.paths) != len(train):
         raise DataError(f"the training images of {d.root} have no file paths: the teacher must read the files")
     return DistillData(replace(train, labels=train.labels.long()), val, pairs, layout)
