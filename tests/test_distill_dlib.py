@@ -50,6 +50,8 @@ def test_dlib_teacher_tells_facehw_people_apart(facehw: Path, tmp_path: Path) ->
     flipped = dlib_teacher(flip=True)
     assert flipped.fingerprint != teacher.fingerprint
     assert dlib_teacher(flip=False, box="whole").fingerprint != teacher.fingerprint
+    detected = dlib_teacher(flip=False, box="detector").embed(paths[:2])  # dlib's HOG box (or the inset one)
+    assert detected.shape == (2, 128) and (detected @ targets.embeddings[:2].T).diagonal().min() > 0.9
     built = make_teacher("dlib", DistillConfig())  # flip=auto: off for dlib
 
     assert isinstance(built, DlibTeacher) and built.fingerprint == teacher.fingerprint
