@@ -175,3 +175,14 @@ def test_cache_only_computes_the_teachers_embeddings_and_trains_nothing(
         )
     assert main([*args, *student_config(work, "distill.flip=off")]) == 0
     assert "from the cache" in capsys.readouterr().out
+
+
+def test_the_shipped_ensemble_teaches_as_it_embeds() -> None:
+    ensemble = Path(__file__).resolve().parents[1] / "models" / "facehw_ensemble.pt"
+    if not ensemble.is_file():
+        pytest.skip(f"{ensemble} not found")
+    paths = [str(p) for p in sorted((FACEHW / "classification_data" / "train_data" / "3").glob("*.jpg"))[:4]]
+    teacher = ModelTeacher(ensemble)
+    model = facerec.load(ensemble)
+    assert teacher.embedding_dim == model.info()["embedding_dim"] and type(teacher.network()) is type(model.model)
+    np.testing.assert_allclose(teacher.embed(paths), model.embed(paths).numpy(), rtol=1e-5, atol=1e-5)
