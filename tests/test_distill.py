@@ -123,6 +123,8 @@ def test_foreign_onnx_teacher_is_fed_as_its_options_say(work: Path) -> None:
     bgr = OnnxTeacher(foreign, OnnxTeacherOptions(size=16, channels="bgr"))
     assert not np.allclose(bgr.embed(paths), reference, atol=1e-3)
     assert bgr.fingerprint != same.fingerprint
+    arcface = OnnxTeacher(foreign, OnnxTeacherOptions(size=16, template="arcface"))  # warped, not resized
+    assert not np.allclose(arcface.embed(paths), reference, atol=1e-3) and arcface.fingerprint != same.fingerprint
 
 
 @pytest.mark.slow  # a tiny run on facehw: 10-45 s on 2 busy cores

@@ -155,6 +155,9 @@ class DistillConfig:
     onnx_mean: float = _limit(127.5, 0.0, 255.0)  # a foreign ONNX teacher's input: (pixel - mean) / std
     onnx_std: float = _limit(127.5, 0.0, open_lo=True)
     onnx_inset: float = _limit(0.0, 0.0, 0.4)  # crop this share off each side of the aligned crop first
+    # the 5-point framing a foreign ONNX teacher was trained on: none (resize the crop, after onnx_inset) | arcface
+    # (insightface's 112x112 template: the crop is warped onto it from data.align_template's) | facehw
+    onnx_template: str = _choice("none", "arcface", "facehw")
 
 
 @dataclass

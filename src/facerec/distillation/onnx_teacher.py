@@ -18,6 +18,7 @@ import numpy as np
 from facerec.config import DistillConfig
 from facerec.data.images import decode_batch
 from facerec.distillation.protocol import TeacherImages, file_digest, options_digest
+from facerec.distillation.reframe import reframe
 from facerec.errors import CheckpointError, ConfigError
 
 
@@ -32,10 +33,22 @@ class OnnxTeacherOptions:
     mean: float = 127.5
     std: float = 127.5
     inset: float = 0.0
+    template: str = "none"  # the teacher's framing: none (resize) | arcface | facehw (photos/warp.py TEMPLATES)
+    source: str = "facehw"  # the training crops' framing (data.align_template)
 
     @classmethod
-    def from_config(cls, d: DistillConfig) -> OnnxTeacherOptions:
-        return cls(d.onnx_size, d.onnx_channels, d.onnx_layout, d.onnx_mean, d.onnx_std, d.onnx_inset)
+    def from_config(cls, d: DistillConfig, source: str = "facehw") -> OnnxTeacherOptions:
+        """The `distill.onnx_*` options; `source`: the training crops' template (data.align_template)."""
+        return cls(
+            d.onnx_size,
+            d.onnx_channels,
+            d.onnx_layout,
+            d.onnx_mean,
+            d.onnx_std,
+            d.onnx_inset,
+            d.onnx_template,
+            source,
+        )
 
 
 def _session(path: Path) -> Any:
@@ -86,7 +99,12 @@ class OnnxTeacher:
         return self._fingerprint
 
     def crops(self, images: TeacherImages) -> np.ndarray:
-        """Images -> uint8 (N, size, size, 3) RGB: decoded larger by the inset, then its centre cut out."""
+        """Images -> uint8 (N, size, size, 3) RGB: warped onto the teacher's template, or decoded larger by the
+        inset and their centre cut out."""
+        if self.opts.template != "none":
+            return reframe(
+                decode_batch(images, self.size).numpy(), self.opts.source, self.opts.template, self.size
+            )
         full = round(self.size / (1 - 2 * self.opts.inset))
         u8 = decode_batch(images, full).numpy()
         if u8.shape[1:3] != (full, full):  # an already decoded tensor at another size

@@ -58,7 +58,7 @@ def distill(cfg: Config, run_dir: str | Path, teacher: Teacher | None = None, lo
 def _distill(cfg: Config, run_dir: Path, teacher: Teacher | None, device: torch.device, log: Log) -> FitState:
     d, t = cfg.distill, cfg.train
     _check_writable(run_dir)
-    teacher = teacher if teacher is not None else make_teacher(d.teacher, d, str(device))
+    teacher = teacher if teacher is not None else make_teacher(d.teacher, d, str(device), cfg.data.align_template)
     online = _online_teacher(teacher, d.teacher_view)
     torch.manual_seed(t.seed)
     data = load_distill_data(cfg, log)
@@ -98,7 +98,11 @@ def cache_teacher(cfg: Config, teacher: Teacher | None = None, log: Log = echo) 
     """Only compute (or find) the teacher's cached embeddings of the run's training images, e.g. a slow teacher's
     in the background before the runs that use them (`facerec distill --cache-only`)."""
     d = cfg.distill
-    teacher = teacher if teacher is not None else make_teacher(d.teacher, d, str(resolve_device(cfg.train.device)))
+    teacher = (
+        teacher
+        if teacher is not None
+        else make_teacher(d.teacher, d, str(resolve_device(cfg.train.device)), cfg.data.align_template)
+    )
     data = load_distill_data(cfg, log)
     return teacher_targets(teacher, data.train.paths, d.cache_dir or None, d.teacher_batch, log)
 
@@ -108,6 +112,11 @@ def _online_teacher(teacher: Teacher, view: str) -> torch.nn.Module | None:
     if view == "clean":
         return None
     network = teacher.network() if isinstance(teacher, ModelTeacher) else None
+    if network is not None and teacher.template != teacher.source:
+        raise ConfigError(
+            f"distill.teacher_view=augmented: {teacher.name} was trained on {teacher.template}-framed crops, "
+            f"these are {teacher.source}-framed; use distill.teacher_view=clean (the cached crops are re-framed)"
+        )
     if network is None:
         raise ConfigError(
             f"distill.teacher_view=augmented needs a facerec PyTorch teacher (.pt); {teacher.name} runs outside "

@@ -17,6 +17,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from facerec.config import DistillConfig
@@ -25,6 +26,7 @@ from facerec.distillation.dlib_teacher import DlibTeacher
 from facerec.distillation.onnx_teacher import OnnxTeacher, OnnxTeacherOptions
 from facerec.distillation.parallel import ParallelTeacher
 from facerec.distillation.protocol import Teacher, TeacherImages, file_digest, options_digest
+from facerec.distillation.reframe import reframe
 from facerec.errors import ConfigError
 from facerec.inference.load import load
 from facerec.inference.model import FaceModel
@@ -38,7 +40,7 @@ class ModelTeacher:
     are the ones its validation AUC was measured with.
     """
 
-    def __init__(self, path: str | Path, device: str = "cpu", flip: bool = True) -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", flip: bool = True, source: str = "facehw") -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ConfigError(f"distill.teacher={path}: no such file; give dlib or a model file (.pt or .onnx)")
@@ -47,7 +49,9 @@ class ModelTeacher:
         self.name = self.path.stem
         self.embedding_dim = int(self.model.info()["embedding_dim"])
         self.image_size = int(self.model.image_size)
-        self._fingerprint = options_digest("facerec", file_digest(self.path), flip)
+        # the framing the teacher was trained on; crops of another (`source`) are warped onto it
+        self.source, self.template = source, getattr(self.model.config.data, "align_template", "facehw")
+        self._fingerprint = options_digest("facerec", file_digest(self.path), flip, self.source, self.template)
 
     @property
     def fingerprint(self) -> str:
@@ -58,6 +62,8 @@ class ModelTeacher:
         u8 = decode_batch(images, self.image_size)
         if u8.shape[1] != self.image_size:  # an already decoded tensor at another size
             u8 = decode_batch(list(u8.numpy()), self.image_size)
+        if self.template != self.source:
+            u8 = torch.from_numpy(reframe(u8.numpy(), self.source, self.template, self.image_size))
         return self.model.embed(u8, flip=self.flip).float().numpy()
 
     def network(self) -> nn.Module | None:
@@ -75,8 +81,9 @@ def has_facerec_metadata(path: str | Path) -> bool:
         return True
 
 
-def make_teacher(spec: str, options: DistillConfig, device: str = "cpu") -> Teacher:
-    """The teacher that `--teacher` / `distill.teacher` names (module notes); ConfigError when it names none."""
+def make_teacher(spec: str, options: DistillConfig, device: str = "cpu", source: str = "facehw") -> Teacher:
+    """The teacher that `--teacher` / `distill.teacher` names (module notes); ConfigError when it names none.
+    `source`: the 5-point template the training crops are aligned on (data.align_template)."""
     if not spec:
         raise ConfigError("no teacher given: pass --teacher dlib, a facerec model file or an .onnx model")
     dlib = spec.lower() == "dlib"
@@ -88,5 +95,5 @@ def make_teacher(spec: str, options: DistillConfig, device: str = "cpu") -> Teac
     if not path.is_file():
         raise ConfigError(f"distill.teacher={spec}: no such file; give dlib or a model file (.pt or .onnx)")
     if is_onnx(path) and not has_facerec_metadata(path):
-        return OnnxTeacher(path, OnnxTeacherOptions.from_config(options), flip)
-    return ModelTeacher(path, device, flip)
+        return OnnxTeacher(path, OnnxTeacherOptions.from_config(options, source), flip)
+    return ModelTeacher(path, device, flip, source)
