@@ -176,3 +176,28 @@ def test_a_forged_cache_with_a_valid_checksum_is_rebuilt(tmp_path: Path) -> None
     with pytest.warns(UserWarning, match="does not hold what"), Gallery.open(folder) as g:
         assert [m[0].name for m in g.search(_photos("bob"), k=1)] == ["bob", "bob"]
     assert os.path.exists(path)
+
+
+def test_a_handle_catches_up_by_what_was_enrolled_and_reloads_after_an_edit(tmp_path: Path) -> None:
+    """After enrolments only, another handle's index (as another process's) is extended in place with the new
+    photos and names; a rename or removal (the `edits` counter) makes it read the names and counts again."""
+    a = Gallery.open(tmp_path / "g", "cosine", DIM)
+    b = Gallery.open(tmp_path / "g")
+    for i in range(5):
+        a.add(f"p{i}", _photos(f"p{i}"))
+    assert b.search(_photos("p3")[:1], k=1)[0][0].name == "p3"
+    state, asked, names = b._mirror.state, [], b.store.names
+    b.store.names = lambda after=None: asked.append(after) or names(after)  # type: ignore[method-assign]
+    a.add("p1", _photos("more", 6))  # p1 now has the most photos: 8
+    a.add("new", _photos("new"))
+    top = b.search(_photos("more")[:1], k=3)[0]
+    assert asked == [5]  # only the people enrolled since (ids 1..5 known): not every name again
+    assert b._mirror.state is state and b._mirror.per_name == 8 and state.index.ntotal == 18
+    assert top[0].name == "p1" and len({m.name for m in top}) == 3  # 3 people, though p1's photos come first
+    assert b.search(_photos("new")[:1], k=1)[0][0].name == "new"
+    a.rename("new", "renamed")
+    assert b.search(_photos("new")[:1], k=1)[0][0].name == "renamed" and asked[-1] is None  # all names again
+    a.remove("p1")
+    assert "p1" not in {m.name for m in b.search(_photos("more")[:1], k=5)[0]} and b._mirror.per_name == 2
+    a.close()
+    b.close()

@@ -176,6 +176,7 @@ class Gallery:
                     f"{new!r} is already enrolled in {self.folder}; remove it first, or pick another name"
                 )
             conn.execute("UPDATE people SET name = ? WHERE id = ?", (new, person))
+            self.store.note_edit(conn)
             return int(conn.execute("SELECT COUNT(*) FROM photos WHERE person = ?", (person,)).fetchone()[0])
 
     def reindex(

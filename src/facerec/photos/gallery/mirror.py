@@ -32,36 +32,58 @@ class Mirror:
         self.state: cache.Cached | None = None
         self.names: dict[int, str] = {}
         self.per_name = 0
+        self.edits: object = None  # the database's `edits` counter (removals, renames) as of `state`
+        self.top_person = 0  # the largest person id in `names` (ids only grow)
         self.saved = -1  # the version written to (or read from) the cache file by this mirror
 
     def sync(self) -> cache.Cached:
-        """The index at the database's current version."""
+        """The index at the database's current version. After enrolments only (the usual case) this costs what
+        was enrolled, not the gallery's size: removals and renames raise the database's `edits` counter, and
+        only then are the names and the photo count read again in full."""
         with self.db.snapshot():
             s = self.db.settings()
             state = self.state
             if state is not None and state.version == s.version:
                 return state
-            loaded = False
-            if state is None or state.key != (s.index, s.epoch):  # first use, or another index kind was chosen
-                state = cache.read(self.path, s)
-                self.saved, loaded = (state.version, True) if state is not None else (-1, False)
-                state = state or self._empty(s)
-            names = self.db.names()
-            self._catch_up(state, s)
-            if loaded and not self._matches(state, s):
-                warnings.warn(
-                    f"{self.path} does not hold what {self.db.path} holds (an old copy, or edited); the index "
-                    "is rebuilt from the database",
-                    stacklevel=4,
-                )
-                state, self.saved = self._empty(s), -1
-                self._catch_up(state, s)
-        if not np.isin(state.owners, np.fromiter(names, np.int64, len(names))).all():
+            edits = self.db.meta_value("edits")
+            if state is not None and state.key == (s.index, s.epoch) and edits == self.edits:
+                added = self._catch_up(state, s, removals=False)
+                names, new = self.names, self.db.names(after=self.top_person)
+                names.update(new)
+            else:
+                state, added, names = self._reload(s)
+                new = names
+        self.top_person = max(self.top_person, max(new, default=0))
+        if not set(np.unique(added).tolist()) <= names.keys():
+            self.state = None  # read everything again next time
             raise DataError(f"{self.db.path}: some photos belong to no one in table people; {ADVICE}")
         cache.configure(state.index, s)
-        self.state, self.settings, self.names = state, s, names
-        self.per_name = int(np.unique(state.owners, return_counts=True)[1].max()) if len(state.owners) else 0
+        if len(added) > 64 or added is state.owners:
+            self.per_name = int(np.unique(state.owners, return_counts=True)[1].max()) if len(state.owners) else 0
+        else:  # a few photos: count only their owners'
+            self.per_name = max([self.per_name] + [int(np.count_nonzero(state.owners == o)) for o in set(added)])
+        self.state, self.settings, self.names, self.edits = state, s, names, edits
         return state
+
+    def _reload(self, s: Settings) -> tuple[cache.Cached, np.ndarray, dict[int, str]]:
+        """The index from the cache file (checked against the database) or from scratch, and every name; inside
+        the caller's snapshot. Returns the state, its owners (all "added") and the names."""
+        state, loaded = self.state, False
+        if state is None or state.key != (s.index, s.epoch):  # first use, or another index kind was chosen
+            state = cache.read(self.path, s)
+            self.saved, loaded = (state.version, True) if state is not None else (-1, False)
+            state = state or self._empty(s)
+        self._catch_up(state, s, removals=True)
+        if loaded and not self._matches(state, s):
+            warnings.warn(
+                f"{self.path} does not hold what {self.db.path} holds (an old copy, or edited); the index is "
+                "rebuilt from the database",
+                stacklevel=5,
+            )
+            state, self.saved = self._empty(s), -1
+            self._catch_up(state, s, removals=False)
+        self.top_person = 0
+        return state, state.owners, self.db.names()
 
     def save(self) -> None:
         """Write the cache file if it is behind this mirror (atomically; a failure only warns)."""
@@ -91,10 +113,11 @@ class Mirror:
         empty = np.zeros(0, np.int64)
         return cache.Cached(cache.empty_index(s, centroids), empty, empty, -1, (s.index, s.epoch))
 
-    def _catch_up(self, state: cache.Cached, s: Settings) -> None:
-        """Drop the photos removed since `state.version` and add the ones enrolled since (ids only grow)."""
+    def _catch_up(self, state: cache.Cached, s: Settings, removals: bool) -> np.ndarray:
+        """Add the photos enrolled since `state.version` (ids only grow) and, with `removals`, first drop the ones
+        removed since. Returns the owners (person ids) of the photos added."""
         top = int(state.ids[-1]) if len(state.ids) else -1
-        if len(state.ids) != self.db.count(up_to=top):  # some were removed
+        if removals and len(state.ids) != self.db.count(up_to=top):  # some were removed
             alive = self.db.ids(top)
             if cache.removes(state.index):
                 state.index.remove_ids(np.setdiff1d(state.ids, alive))
@@ -111,3 +134,4 @@ class Mirror:
                 state.index.add_with_ids(vectors, ids)
             state.ids, state.owners = np.concatenate([state.ids, ids]), np.concatenate([state.owners, owners])
         state.version = s.version
+        return owners

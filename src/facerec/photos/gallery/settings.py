@@ -3,8 +3,8 @@
 Keys: `format`, `schema`, a random `uid` (names the database in its index cache), `metric`, `dim`,
 `fingerprint` (the model's weights), the index kind and its parameters (`index`, `nlist`, `nprobe`, `hnsw_m`,
 `ef_search`, `centroids`: an IVF quantizer's (nlist, dim) float32 blob), `epoch` (the version at which the index
-kind was chosen), `next_id` (the next photo id), `version` (raised by every write transaction) and `digest`
-(digest.py: a checksum of the stored rows that an index cache must match).
+kind was chosen), `next_id` (the next photo id), `version` (raised by every write transaction), `edits` (raised by
+every removal and rename) and `digest` (digest.py: a checksum of the stored rows that an index cache must match).
 """
 
 from __future__ import annotations

@@ -174,10 +174,18 @@ class Store:
             ).fetchall()
             return dict(sorted(rows))
 
-    def names(self) -> dict[int, str]:
-        """Person id -> name."""
+    def names(self, after: int | None = None) -> dict[int, str]:
+        """Person id -> name (of the people with an id > `after`: those enrolled since, as ids only grow)."""
         with _errors(self.path, contents=True):
-            return dict(self.conn.execute("SELECT id, name FROM people").fetchall())
+            if after is None:
+                return dict(self.conn.execute("SELECT id, name FROM people").fetchall())
+            return dict(self.conn.execute("SELECT id, name FROM people WHERE id > ?", (after,)).fetchall())
+
+    def meta_value(self, key: str) -> object:
+        """One value of the meta table as stored (None when missing)."""
+        with _errors(self.path, contents=True):
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
 
     def count(self, up_to: int | None = None) -> int:
         """Stored photos (with an id <= `up_to`)."""
@@ -235,7 +243,13 @@ class Store:
         digest.change(conn, -digest.of_rows(ids, np.full(len(ids), person), vectors))
         conn.execute("DELETE FROM photos WHERE person = ?", (person,))
         conn.execute("DELETE FROM people WHERE id = ?", (person,))
+        self.note_edit(conn)
         return len(rows)
+
+    def note_edit(self, conn: sqlite3.Connection) -> None:
+        """Raise the `edits` counter (inside `writing()`): every removal and rename does, so a process's index
+        (mirror.py) reads names and photo counts in full only after one."""
+        conn.execute("INSERT INTO meta VALUES ('edits', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1")
 
     def set_meta(self, conn: sqlite3.Connection, values: dict[str, object]) -> None:
         conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
