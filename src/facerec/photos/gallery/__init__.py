@@ -3,9 +3,10 @@ service): an SQLite database is the source of truth, a FAISS index is derived fr
 
 Modules: `store` (gallery.db: identities, one row per enrolled photo; one transaction per change), `settings`
 (its meta table: metric, fingerprint, index kind, version counter), `cache` (the FAISS index kinds and
-`index.cache`, written atomically and rebuilt when missing or damaged), `mirror` (a process's index, kept in step
-with the database), `core` (`Gallery`: enroll, remove, rename, search, reindex), `legacy` (the migration of the
-old gallery.json + .npy folders), `api` (`open_for_model`, `identify`).
+`index.cache`, written atomically and rebuilt when missing or damaged), `digest` (a checksum of the stored rows
+that an index cache must match), `mirror` (a process's index, kept in step with the database), `core` (`Gallery`:
+enroll, remove, rename, search, reindex), `legacy` (the migration of the old gallery.json + .npy folders), `api`
+(`open_for_model`, `identify`).
 """
 
 from facerec.metrics.scoring import FAISS_HINT
