@@ -42,14 +42,16 @@ def test_cache_is_hit_when_nothing_changed_and_missed_when_teacher_or_folder_cha
     expected_mean = F.normalize(torch.from_numpy(first.embeddings), dim=1).mean(0).numpy()
     np.testing.assert_allclose(hit.mean, expected_mean, rtol=1e-6)  # the stored training mean
     with np.load(first.path, allow_pickle=False) as f:  # nothing pickled
-        assert set(f.files) == {"key", "embeddings", "done", "mean"}
+        assert set(f.files) == {"key", "embeddings", "done", "mean", "fingerprint", "images"}
     other = CountingTeacher("b")  # another option of the teacher: another key
     assert teacher_targets(other, paths, cache).computed == len(paths) and other.embedded == len(paths)
     Path(paths[0]).write_bytes(Path(paths[1]).read_bytes())  # a changed image (size / mtime)
     changed = CountingTeacher()
     assert teacher_targets(changed, paths, cache).computed == len(paths)
-    fewer = CountingTeacher()
-    assert teacher_targets(fewer, paths[1:], cache).computed == len(paths) - 1  # a changed folder
+    (face_dir / "dave").mkdir()
+    (face_dir / "dave" / "0.jpg").write_bytes(Path(paths[2]).read_bytes())
+    grown = sorted(str(p) for p in face_dir.rglob("*.jpg"))  # a changed folder: one image more
+    assert teacher_targets(CountingTeacher(), grown, cache).computed == len(grown)
 
 
 def test_interrupted_caching_continues_from_its_partial_file(face_dir: Path) -> None:
@@ -87,3 +89,22 @@ def test_a_damaged_cache_file_is_computed_again(face_dir: Path, damage) -> None:
     out = teacher_targets(again, paths, face_dir.parent / "cache")
     assert again.embedded == len(paths) and out.computed == len(paths)
     np.testing.assert_array_equal(out.embeddings, first.embeddings)
+
+
+def test_a_run_on_a_subset_takes_its_rows_from_the_cache_of_all_images(face_dir: Path) -> None:
+    paths = sorted(str(p) for p in face_dir.rglob("*.jpg"))
+    cache = face_dir.parent / "cache"
+    full = teacher_targets(CountingTeacher(), paths, cache)
+    pick = [7, 2, 11, 0]
+    again = CountingTeacher()
+    subset = teacher_targets(again, [paths[i] for i in pick], cache)
+    assert again.embedded == 0 and subset.computed == 0 and subset.path != full.path
+    np.testing.assert_array_equal(subset.embeddings, full.embeddings[pick])
+    expected_mean = F.normalize(torch.from_numpy(full.embeddings[pick]), dim=1).mean(0).numpy()
+    np.testing.assert_allclose(subset.mean, expected_mean, rtol=1e-6)  # the subset's own training mean
+    other = CountingTeacher("b")  # another teacher finds nothing to reuse
+    assert teacher_targets(other, [paths[i] for i in pick], cache).computed == len(pick)
+    new_image = face_dir / "alice" / "new.jpg"
+    new_image.write_bytes(Path(paths[0]).read_bytes())
+    more = CountingTeacher()  # an image the full cache lacks: computed
+    assert teacher_targets(more, [paths[1], str(new_image)], cache).computed == 2

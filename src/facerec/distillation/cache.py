@@ -2,7 +2,9 @@
 
 The file's name and its `key` entry are a digest of the teacher's fingerprint (its weights file or package
 version and options) and of the image list (each file's resolved path, size and modification time): a changed
-teacher, a changed option or a changed folder gives another key, and the embeddings are computed again. Beside
+teacher, a changed option or a changed folder gives another key, and the embeddings are computed again. The file
+also holds each image's digest and the teacher's fingerprint, so a run on a subset of the images (data.max_classes,
+data.holdout) takes its rows from a file of all of them instead of computing them. Beside
 the (N, D) embeddings the file holds the teacher's mean L2-normalised embedding over those (training) images,
 which distillation subtracts (issue #18: dlib's descriptors share a large common component; without subtracting
 it the cosine loss is met by predicting the mean).
@@ -55,10 +57,9 @@ def default_dir() -> Path:
     return default_cache_dir() / "distill"
 
 
-def image_list_digest(paths: Sequence[str | Path]) -> str:
-    """sha256 over each image's resolved path, size and modification time, in order; DataError for a missing
-    file."""
-    h = hashlib.sha256()
+def image_records(paths: Sequence[str | Path]) -> list[str]:
+    """Each image's resolved path, size and modification time, as one line; DataError for a missing file."""
+    records = []
     for p in paths:
         try:
             st = os.stat(p)
@@ -66,20 +67,31 @@ def image_list_digest(paths: Sequence[str | Path]) -> str:
             raise DataError(
                 f"training image {p} cannot be read ({err.strerror}); the teacher must see it"
             ) from None
-        h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        records.append(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}\n")
+    return records
+
+
+def image_digests(records: Sequence[str]) -> np.ndarray:
+    """(N,) uint64: the first 8 bytes of each record's sha256, by which a cache file's rows are found again."""
+    return np.array(
+        [int.from_bytes(hashlib.sha256(r.encode()).digest()[:8], "little") for r in records], np.uint64
+    )
+
+
+def cache_key(teacher: Teacher, records: Sequence[str]) -> str:
+    """sha256 of the teacher's fingerprint and the image records, in order."""
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{teacher.fingerprint}|".encode())
+    h.update(hashlib.sha256("".join(records).encode()).hexdigest().encode())
     return h.hexdigest()
 
 
-def cache_key(teacher: Teacher, paths: Sequence[str | Path]) -> str:
-    return hashlib.sha256(
-        f"v{CACHE_VERSION}|{teacher.fingerprint}|{image_list_digest(paths)}".encode()
-    ).hexdigest()
+def cache_file(teacher: Teacher, key: str, cache_dir: str | Path | None = None) -> Path:
+    """Where this teacher's embeddings of an image list are kept: CACHE_DIR/NAME-KEY.npz."""
+    return Path(cache_dir or default_dir()) / f"{_safe(teacher.name)}-{key[:24]}.npz"
 
 
-def cache_file(teacher: Teacher, paths: Sequence[str | Path], cache_dir: str | Path | None = None) -> Path:
-    """Where this teacher's embeddings of `paths` are kept: CACHE_DIR/NAME-KEY.npz."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", teacher.name)[:40] or "teacher"
-    return Path(cache_dir or default_dir()) / f"{name}-{cache_key(teacher, paths)[:24]}.npz"
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "teacher"
 
 
 def _read(path: Path, key: str, n: int, dim: int) -> tuple[np.ndarray, int, np.ndarray] | None:
@@ -101,14 +113,23 @@ def _read(path: Path, key: str, n: int, dim: int) -> tuple[np.ndarray, int, np.n
     return e, done, mean
 
 
-def _write(path: Path, key: str, embeddings: np.ndarray, done: int) -> None:
-    """Atomically (a temporary file, then a rename): readers never see half a file."""
+def _write(path: Path, key: str, embeddings: np.ndarray, done: int, fingerprint: str, images: np.ndarray) -> None:
+    """Atomically (a temporary file, then a rename): readers never see half a file. `images`: the (N,) image
+    digests, `fingerprint` the teacher's: with them a run on a subset of the images finds its rows here."""
     path.parent.mkdir(parents=True, exist_ok=True)
     e = F.normalize(torch.from_numpy(embeddings[:done]).float(), dim=1)
     mean = (e.mean(0) if done else torch.zeros(embeddings.shape[1])).numpy()  # over the rows computed so far
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
-        np.savez(f, key=np.array(key), embeddings=embeddings, done=np.array(done), mean=mean)
+        np.savez(
+            f,
+            key=np.array(key),
+            embeddings=embeddings,
+            done=np.array(done),
+            mean=mean,
+            fingerprint=np.array(fingerprint),
+            images=images,
+        )
     os.replace(tmp, path)
 
 
@@ -122,13 +143,21 @@ def teacher_targets(
 ) -> TeacherTargets:
     """The teacher's (N, D) embeddings of the images at `paths` and their mean, from the cache when it holds them
     (module notes), else computed `batch_size` images at a time and cached."""
-    path = cache_file(teacher, paths, cache_dir)
-    key, n, dim = cache_key(teacher, paths), len(paths), teacher.embedding_dim
+    records = image_records(paths)
+    key, digests, n, dim = cache_key(teacher, records), image_digests(records), len(paths), teacher.embedding_dim
+    path = cache_file(teacher, key, cache_dir)
     partial = path.with_name(path.name.replace(".npz", ".partial.npz"))
     found = _read(path, key, n, dim) or _read(partial, key, n, dim)
+    if found is None and (rows := _rows_from_other_files(teacher, digests, path.parent)) is not None:
+        e, source = rows
+        _write(path, key, e, n, teacher.fingerprint, digests)
+        log(f"teacher {teacher.name}: embeddings of {n} images from the cache {source} (a superset)")
+        return TeacherTargets(e, _mean(e), path, 0)
     e, done, mean = found if found is not None else (np.zeros((n, dim), np.float32), 0, None)
     if done == n:
         log(f"teacher {teacher.name}: embeddings of {n} images from the cache {path}")
+        if not _has_digests(path):  # written by an earlier facerec: add them, for runs on subsets
+            _write(path, key, e, n, teacher.fingerprint, digests)
         return TeacherTargets(e, mean, path, 0)
     start, t0, last_save = done, time.time(), time.time()
     log(f"teacher {teacher.name}: embedding {n - done} of {n} images (cache {path})")
@@ -136,17 +165,46 @@ def teacher_targets(
         e[i : i + batch_size] = teacher.embed([str(p) for p in paths[i : i + batch_size]])
         done = min(i + batch_size, n)
         if time.time() - last_save > save_every_s and done < n:
-            _write(partial, key, e, done)
+            _write(partial, key, e, done, teacher.fingerprint, digests)
             rate = (done - start) / (time.time() - t0)
             log(f"teacher {teacher.name}: {done}/{n} images, {rate:.1f} images/s")
             last_save = time.time()
     if not np.isfinite(e).all():
         raise DataError(f"teacher {teacher.name} gave non-finite embeddings; is its model file damaged?")
-    _write(path, key, e, n)
+    _write(path, key, e, n, teacher.fingerprint, digests)
     partial.unlink(missing_ok=True)
     seconds = time.time() - t0
     log(f"teacher {teacher.name}: {n - start} images in {seconds:.1f}s ({(n - start) / max(seconds, 1e-9):.1f}/s)")
     return TeacherTargets(e, _mean(e), path, n - start)
+
+
+def _rows_from_other_files(teacher: Teacher, digests: np.ndarray, folder: Path) -> tuple[np.ndarray, Path] | None:
+    """(embeddings (N, D) of the images with these digests, the file) from a complete cache file of the same
+    teacher that holds all of them (a run on a subset of the images: data.max_classes, data.holdout), or None."""
+    for f in sorted(folder.glob(f"{_safe(teacher.name)}-*.npz")):
+        if f.name.endswith(".partial.npz"):
+            continue
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                if str(z["fingerprint"]) != teacher.fingerprint or int(z["done"]) != len(z["images"]):
+                    continue
+                have, e = np.asarray(z["images"], np.uint64), z["embeddings"]
+                order = np.argsort(have)
+                pos = np.minimum(np.searchsorted(have[order], digests), len(have) - 1)
+                if (
+                    len(have)
+                    and e.shape == (len(have), teacher.embedding_dim)
+                    and (have[order][pos] == digests).all()
+                ):
+                    return np.asarray(e[order[pos]], np.float32), f
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            continue
+    return None
+
+
+def _has_digests(path: Path) -> bool:
+    with np.load(path, allow_pickle=False) as z:
+        return "images" in z.files and "fingerprint" in z.files
 
 
 def _mean(embeddings: np.ndarray) -> np.ndarray:
