@@ -144,6 +144,8 @@ def test_a_damaged_train_set_is_a_checkpoint_error(tmp_path):
     bad = {"train_embeddings": torch.zeros(4, 16).half(), "train_labels": torch.tensor([0, 1, 2, 3])}
     with pytest.raises(CheckpointError, match="damaged.*train_labels"):
         facerec.load(export_inference(src, tmp_path / "bad.pt", extra=bad))  # class 3 of 3
+    with pytest.raises(CheckpointError, match="damaged.*class means"):
+        facerec.load(export_inference(src, tmp_path / "bad.pt", extra={"prototypes": torch.zeros(3, 15)}))
 
 
 @pytest.fixture(scope="module")

@@ -127,6 +127,17 @@ def train_set_state(
     return out
 
 
+def stored_means(state: dict, num_classes: int, dim: int) -> torch.Tensor | None:
+    """A model state's class means ("prototypes", (C, D)) as float32, or None when it holds none; ValueError when
+    they are damaged (the loader reports a damaged file)."""
+    means = state.get("prototypes")
+    if means is None:
+        return None
+    if not isinstance(means, torch.Tensor) or not means.is_floating_point() or means.shape != (num_classes, dim):
+        raise ValueError(f"the stored prototypes (class means) are not {num_classes} x {dim} numbers")
+    return means.float()
+
+
 def stored_train_set(state: dict, num_classes: int, dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """A model state's (train_embeddings float32 (M, D), train_labels int64 (M,)), or None when it holds none.
     ValueError when they are damaged (shapes, label range): the loader reports a damaged file."""

@@ -21,7 +21,7 @@ from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.evaluate import embed
 from facerec.errors import CheckpointError, FacerecError
 from facerec.inference.ensemble import EnsembleEmbedder, WithMemberEmbeddings, check_compatible
-from facerec.inference.matching import Match, Matcher, stored_train_set
+from facerec.inference.matching import Match, Matcher, stored_means, stored_train_set
 from facerec.inference.network import EnsembleHead, log_prob_mean, loss_from_state, network_from_state
 from facerec.inference.protocol import Images, PairVerifier, Verdict, top_k, weights_fingerprint
 from facerec.losses.base import CombinedLoss
@@ -67,7 +67,7 @@ class FaceModel(PairVerifier):
     def from_state(cls, state: dict[str, Any], device: str = "cpu") -> FaceModel:
         """One model's inference state (engine.checkpoint.INFERENCE_KEYS) -> FaceModel."""
         net, cfg = network_from_state(state)
-        protos = state.get("prototypes")
+        classes, dim = len(state["classes"]), cfg.model.embedding_dim
         return cls(
             net,
             loss_from_state(state, cfg),
@@ -75,9 +75,9 @@ class FaceModel(PairVerifier):
             list(state["classes"]),
             Scoring.of(state.get("scoring", "cosine"), key="scoring of the model").name,
             stored_threshold(state.get("threshold")),
-            None if protos is None else protos.float(),
+            stored_means(state, classes, dim),
             str(device),
-            stored_train_set(state, len(state["classes"]), cfg.model.embedding_dim),
+            stored_train_set(state, classes, dim),
         )
 
     @property
