@@ -55,6 +55,8 @@ def _add_lr_find(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from facerec.cli.options import add_match_flag
+
     p = sub.add_parser("evaluate", aliases=["eval"], help="accuracy and verification metrics of a checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="dataset folder: its val split and val pair file are evaluated")
@@ -62,39 +64,21 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="folder the pair file's paths are relative to")
     p.add_argument("--scoring", choices=["cosine", "euclidean"], help="override the loss's own scoring")
     p.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
-    _add_match(p)
+    add_match_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
+    from facerec.cli.options import add_match_flag
+
     p = sub.add_parser("predict", help="write both Kaggle submission files")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--no-flip", action="store_true")
-    _add_match(p)
+    add_match_flag(p)
     p.add_argument("--device", default="auto")
-
-
-def _match(value: str) -> str:
-    """--match: a matching method's name (inference.matching.Match), checked while parsing."""
-    from facerec.inference.matching import Match
-
-    try:
-        return str(Match.of(value))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _add_match(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--match",
-        type=_match,
-        metavar="METHOD",
-        help="closed-set matching: centres (classifier logits), mean (class means of the training embeddings) or "
-        "knn[:K]; default mean when the model file holds class means, else centres",
-    )
 
 
 def _add_pack(sub: argparse._SubParsersAction) -> None:

@@ -73,6 +73,28 @@ def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _match(value: str) -> str:
+    """--match: a matching method's name (inference.matching.Match), checked while parsing (torch loads only
+    when the option is given)."""
+    from facerec.inference.matching import Match
+
+    try:
+        return str(Match.of(value))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_match_flag(p: argparse.ArgumentParser) -> None:
+    """--match: how `evaluate` / `predict` match a face to a training identity (inference/matching.py)."""
+    p.add_argument(
+        "--match",
+        type=_match,
+        metavar="METHOD",
+        help="closed-set matching: centres (classifier logits), mean (class means of the training embeddings) or "
+        "knn[:K]; default mean when the model file holds class means, else centres",
+    )
+
+
 def log_for(args: argparse.Namespace) -> Callable[[str], None]:
     """print, or print to stderr under --json (stdout then holds only the JSON object)."""
     return (lambda m: print(m, file=sys.stderr)) if getattr(args, "json", False) else print
