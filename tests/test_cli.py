@@ -97,7 +97,7 @@ def test_resume_reproduces_uninterrupted_run(hw2p2_dir: Path, tmp_path: Path, ca
     err = capsys.readouterr().err
     assert (
         "warning: --config cpu sets model.backbone, model.neck, model.embedding_dim, loss.name, loss.params, "
-        "optim.lr, optim.warmup_epochs, train.epochs other than the run being resumed" in err
+        "optim.lr, optim.warmup_epochs, train.epochs, train.amp other than the run being resumed" in err
     )
     a = [r for r in read_metrics(full) if r["event"] == "epoch"]
     b = [r for r in read_metrics(cut) if r["event"] == "epoch"]
