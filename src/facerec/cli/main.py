@@ -107,15 +107,14 @@ def _add_misc(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float)
     add_align_switch(p)
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("list", help="list registered losses, backbones or shipped recipes")
-    p.add_argument("what", choices=["losses", "backbones", "recipes"])
 
 
 def _command_modules() -> tuple:
-    """The modules that add subcommands (`add_parsers(sub)`, `COMMANDS`): photos, galleries, benchmarks, serve."""
-    from facerec.cli import benchmark, distill, gallery, photos, serve
+    """The modules that add subcommands (`add_parsers(sub)`, `COMMANDS`): photos, galleries, benchmarks, serve,
+    distillation, listings."""
+    from facerec.cli import benchmark, distill, gallery, listing, photos, serve
 
-    return photos, gallery, benchmark, serve, distill
+    return photos, gallery, benchmark, serve, distill, listing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,21 +257,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from facerec.config import describe_recipes
-    from facerec.losses import LOSSES
-    from facerec.models import BACKBONES
-
-    if args.what == "recipes":
-        for name, text in describe_recipes().items():
-            print(f"{name:<20} {text}")
-        return 0
-    reg = LOSSES if args.what == "losses" else BACKBONES
-    for name, doc in reg.describe().items():
-        print(f"{name:<18} {doc}")
-    return 0
-
-
 COMMANDS = {
     "train": cmd_train,
     "lr-find": cmd_lr_find,
@@ -282,7 +266,6 @@ COMMANDS = {
     "pack": cmd_pack,
     "report": cmd_report,
     "verify": cmd_verify,
-    "list": cmd_list,
 }
 
 
