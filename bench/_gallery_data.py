@@ -47,9 +47,12 @@ def rss_mib(field: str = "VmRSS") -> float:
 
 
 def index_mib(index: Any) -> float:
-    """What the index holds, MiB: the vectors, plus the IVF ids and centroids or the HNSW graph's links."""
+    """What the index holds, MiB: the vectors, plus the IVF ids and centroids, the HNSW graph's links or the LSH
+    bits."""
     size = index.ntotal * index.d * 4
-    if isinstance(index, faiss.IndexIVF):
+    if isinstance(index, faiss.IndexRefine):
+        size += index.ntotal * faiss.downcast_index(index.base_index).code_size
+    elif isinstance(index, faiss.IndexIVF):
         size += index.ntotal * 8 + index.nlist * index.d * 4
     elif isinstance(index, faiss.IndexHNSW):
         h = index.hnsw

@@ -1,4 +1,4 @@
-"""Gallery search at scale: exact (flat) against IVF and HNSW FAISS indexes, side by side in one run.
+"""Gallery search at scale: exact (flat) against IVF, HNSW and LSH FAISS indexes, side by side in one run.
 
 For each gallery size: N unit-length random embeddings (one per synthetic identity) and Q queries, each a noisy
 copy of one enrolled embedding. The noise is Gaussian, N(0, sigma^2 / D) per coordinate, so for a unit x,
@@ -12,20 +12,21 @@ copy of one enrolled embedding. The noise is Gaussian, N(0, sigma^2 / D) per coo
                          CPU ms p50: the process CPU time of a search (free of waiting for a busy core)
     recall@1             share of queries whose top match is the exact (flat) index's top match
     source@1             share of queries whose top match is the embedding they were made from
-    MiB                  what the index holds: vectors, plus IVF ids and centroids or the HNSW links
-
+    MiB                  what the index holds: vectors, plus IVF ids and centroids, HNSW links or LSH bits
     load                 the 1-minute load average when the row was measured (other processes share the CPU)
 
-Search settings (IVF nprobe, HNSW efSearch) are swept on one build each. Searches and single adds run on one
-FAISS thread by default, as `Gallery.search` does for small batches: on a shared 2-core machine an OpenMP team of
-two waits for a descheduled thread at every barrier (--search-threads 2 shows it). Sizes in --api-sizes then run
-again through the public API (_gallery_api.py: Gallery.add per identity, then `Gallery.reindex(kind)` with the
-gallery's own defaults for that size, and Gallery.search). The last lines: per size and kind, the fastest setting
-with recall@1 >= 0.99; the target (p50 <= 10 ms at 1M identities, recall@1 >= 0.99) met or not.
+Search settings (IVF nprobe, HNSW efSearch, LSH refine) are swept on one build each. Searches and single adds run
+on one FAISS thread by default, as `Gallery.search` does for small batches: on a shared 2-core machine an OpenMP
+team of two waits for a descheduled thread at every barrier (--search-threads 2 shows it). Sizes in --api-sizes
+then run again through the public API (_gallery_api.py: Gallery.add per identity, or one transaction with
+--bulk, then `Gallery.reindex(kind)` with the gallery's own defaults for that size, and Gallery.search). The last
+lines: per size and kind, the fastest setting with recall@1 >= 0.99; the target (p50 <= 10 ms at 1M identities,
+recall@1 >= 0.99) met or not.
 
-    python bench/gallery.py [--sizes 10000 100000 1000000] [--queries 1000] [--dim 256] [--kinds flat ivf hnsw]
-        [--nlist 1024] [--nprobe 16 32 ...] [--hnsw-m 32] [--ef-construction 80] [--ef 64 128 ...] [--threads 2]
-        [--search-threads 1] [--api-sizes 10000 100000] [--json out.json]
+    python bench/gallery.py [--sizes 10000 100000 1000000] [--queries 1000] [--dim 256] [--kinds flat ivf ...]
+        [--nlist 1024] [--nprobe 16 32 ...] [--hnsw-m 32] [--ef-construction 80] [--ef 64 128 ...]
+        [--lsh-bits 256] [--refine 4 8 16 32] [--threads 2] [--search-threads 1] [--api-sizes 10000 100000]
+        [--bulk] [--json out.json]
 
 Uniform random directions are a hard case for approximate search (no clusters, intrinsic dimension = D): a
 vector's nearest other vector is hardly closer than a random one, so neither k-means cells nor graph links follow
@@ -74,8 +75,8 @@ class Row:
     recall: float
     source: float
     mib: float
-    value: int = 0  # nlist (IVF) or M (HNSW)
-    setting: int = 0  # nprobe (IVF) or efSearch (HNSW)
+    value: int = 0  # nlist (IVF), M (HNSW) or bits (LSH)
+    setting: int = 0  # nprobe (IVF), efSearch (HNSW) or refine (LSH)
     load: float = 0.0  # 1-minute load average after the row's searches
 
     def line(self) -> str:
@@ -105,8 +106,9 @@ def add_one_ms(index: Any, dim: int, count: int = 200) -> float:
 def build(
     kind: str, value: int, base: np.ndarray, ef_construction: int, seed: int
 ) -> tuple[Any, tuple[float, float], str]:
-    """A built index of `kind` ("flat"; "ivf" with nlist=value; "hnsw" with M=value) over `base`, its build
-    time (wall and CPU seconds) and a description. IVF trains k-means on <= 64 vectors per list (FAISS: >= 39)."""
+    """A built index of `kind` ("flat"; "ivf" with nlist=value; "hnsw" with M=value; "lsh" with value bits) over
+    `base`, its build time (wall and CPU seconds) and a description. IVF trains k-means on <= 64 vectors per list
+    (FAISS: >= 39)."""
     n, dim = base.shape
     c0, t0 = time.process_time(), time.perf_counter()
     if kind == "flat":
@@ -115,6 +117,8 @@ def build(
         index, text = COSINE.faiss_index(dim, value), f"nlist {value}"
         sample = np.random.default_rng(seed).choice(n, min(n, 64 * value), replace=False)
         index.train(base[np.sort(sample)])
+    elif kind == "lsh":
+        index, text = COSINE.faiss_index(dim, lsh_bits=value), f"{value} bits"
     else:
         index = COSINE.faiss_index(dim, hnsw_m=value, ef_construction=ef_construction)
         text = f"M {value}, efC {ef_construction}"
@@ -123,9 +127,12 @@ def build(
 
 
 def settings(kind: str, value: int, args: argparse.Namespace) -> list[tuple[str, int]]:
-    """The search settings to sweep on one build: nothing (flat), nprobe <= nlist (IVF), efSearch (HNSW)."""
+    """The search settings to sweep on one build: nothing (flat), nprobe <= nlist (IVF), efSearch (HNSW), the
+    candidates re-scored per match (LSH)."""
     if kind == "flat":
         return [("-", 0)]
+    if kind == "lsh":
+        return [(f"refine {r}", r) for r in args.refine]
     if kind == "ivf":
         return [(f"nprobe {p}", p) for p in args.nprobe if p <= value]
     return [(f"efSearch {e}", e) for e in args.ef]
@@ -149,6 +156,8 @@ def measure_kind(
                 index.nprobe = setting
             elif kind == "hnsw":
                 index.hnsw.efSearch = setting
+            elif kind == "lsh":
+                index.k_factor = float(setting)
             p50, p99, cpu50, out = search_each(lambda q: index.search(q, args.k)[1][0, 0], queries)
             top = np.asarray(out)
             hits = float(np.mean(top == exact)), float(np.mean(top == sources))
@@ -179,7 +188,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--flat-queries", type=int, default=200, help="of --queries, searched in the flat index")
     p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw"], help="any of flat, ivf, hnsw")
+    p.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw", "lsh"], help="flat, ivf, hnsw, lsh")
     p.add_argument("--cosine", type=float, default=0.7, help="intended cosine of a query to its source")
     p.add_argument("-k", type=int, default=5, help="matches per search")
     p.add_argument("--nlist", nargs="+", help="IVF list counts, one build each (default: sqrt(N), 4 sqrt(N))")
@@ -187,6 +196,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--hnsw-m", nargs="+", default=[32], help="HNSW links per vector, one build each")
     p.add_argument("--ef-construction", type=int, default=80, help="HNSW candidates per insertion")
     p.add_argument("--ef", nargs="+", default=[64, 128, 256, 512, 1024], help="HNSW efSearch values")
+    p.add_argument("--lsh-bits", nargs="+", help="LSH sign bits per vector, one build each (default: --dim)")
+    p.add_argument("--refine", nargs="+", default=[4, 8, 16, 32], help="LSH candidates re-scored per match")
+    p.add_argument(
+        "--bulk", action="store_true", help="API sizes enrolled in one transaction, not one per identity"
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="FAISS and torch threads for builds")
     p.add_argument("--search-threads", nargs="+", default=[1], help="FAISS threads for searches and adds")
     p.add_argument("--api-sizes", nargs="*", default=[10_000, 100_000], help="sizes also run through Gallery")
@@ -194,12 +208,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write every row and the run's details to this JSON file")
     args = p.parse_args()
-    for key in ("sizes", "nlist", "nprobe", "hnsw_m", "ef", "search_threads", "api_sizes"):
+    for key in ("sizes", "nlist", "nprobe", "hnsw_m", "ef", "lsh_bits", "refine", "search_threads", "api_sizes"):
         if getattr(args, key) is not None:
             setattr(args, key, flat_ints([str(v) for v in getattr(args, key)]))
     args.kinds, args.api_lines = [k for text in args.kinds for k in text.split(",") if k], []
-    if bad := set(args.kinds) - {"flat", "ivf", "hnsw"}:
-        p.error(f"unknown --kinds {sorted(bad)}; choose from flat, ivf, hnsw")
+    if bad := set(args.kinds) - {"flat", "ivf", "hnsw", "lsh"}:
+        p.error(f"unknown --kinds {sorted(bad)}; choose from flat, ivf, hnsw, lsh")
     return args
 
 
@@ -222,7 +236,8 @@ def run_size(n: int, args: argparse.Namespace) -> list[Row]:
     )
     rows = []
     for kind in args.kinds:
-        values = {"flat": [0], "ivf": args.nlist or default_nlists(n), "hnsw": args.hnsw_m}[kind]
+        values = {"flat": [0], "ivf": args.nlist or default_nlists(n), "hnsw": args.hnsw_m}.get(kind)
+        values = values or args.lsh_bits or [args.dim]
         for value in values:
             rows += measure_kind(kind, value, (base, queries, sources, exact), args)
     if n in args.api_sizes:

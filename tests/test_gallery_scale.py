@@ -65,6 +65,12 @@ def test_reindex_picks_the_measured_settings_by_size(tmp_path: Path) -> None:
         g.add("crowd", rng.normal(size=(6500, DIM)).astype(np.float32))  # one transaction
         g.reindex("ivf")  # min(4 sqrt(6500), 6500 // 39) = 166 lists, 42 searched
         assert (g.meta["nlist"], g.meta["nprobe"], g.index.nprobe) == (166, 42, 42)
+        g.reindex("lsh")  # one bit per dimension, 16 candidates per match
+        assert (g.meta["lsh_bits"], g.meta["refine"], faiss.downcast_index(g.index.index).k_factor) == (
+            DIM,
+            16,
+            16,
+        )
         g.reindex("hnsw", ef_search=None)  # 0.8 sqrt(6500) = 64.5 -> 128
         sub = faiss.downcast_index(faiss.downcast_index(g.index).index)
         assert (g.meta["hnsw_m"], g.meta["ef_search"], sub.hnsw.efSearch, sub.hnsw.nb_neighbors(1)) == (
@@ -120,7 +126,7 @@ def test_every_change_keeps_the_stored_digest_and_old_galleries_get_one(tmp_path
         assert _stored_digest(g.folder) == _recomputed(g)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "lsh"])
 def test_a_cache_that_matches_is_used_as_it_is(tmp_path: Path, kind: str) -> None:
     with Gallery.open(tmp_path / "g", "cosine", DIM) as g:
         for i in range(12):
@@ -199,5 +205,27 @@ def test_a_handle_catches_up_by_what_was_enrolled_and_reloads_after_an_edit(tmp_
     assert b.search(_photos("new")[:1], k=1)[0][0].name == "renamed" and asked[-1] is None  # all names again
     a.remove("p1")
     assert "p1" not in {m.name for m in b.search(_photos("more")[:1], k=5)[0]} and b._mirror.per_name == 2
+    a.close()
+    b.close()
+
+
+def test_an_lsh_gallery_answers_exact_scores_and_rebuilds_on_removal(tmp_path: Path) -> None:
+    with Gallery.open(tmp_path / "e", "euclidean", DIM) as e:
+        e.add("ann", _photos("ann"))
+        with pytest.raises(ValueError, match="lsh index compares angles and needs a cosine gallery"):
+            e.reindex("lsh")
+    a = Gallery.open(tmp_path / "g", "cosine", DIM)
+    b = Gallery.open(tmp_path / "g")
+    for i in range(60):
+        a.add(f"p{i}", _photos(f"p{i}"))
+    a.reindex("lsh", lsh_bits=64, refine=4)
+    assert (b.meta["lsh_bits"], b.meta["refine"]) == (64, 4) and "lsh" in cache.layout(b.index)[-1][0].lower()
+    top = b.search(_photos("p7"), k=2)
+    assert [m[0].name for m in top] == ["p7", "p7"] and top[0][0].score == pytest.approx(1.0, abs=1e-5)
+    exact = float(np.max(_photos("p9") @ _photos("p7")[0]))  # a person's score: the exact cosine of their best
+    assert next(m.score for m in b.search(_photos("p9")[:1], k=60)[0] if m.name == "p9") == pytest.approx(1.0)
+    assert any(abs(m.score - exact) < 1e-5 for m in b.search(_photos("p7")[:1], k=60)[0] if m.name == "p9")
+    a.remove("p7")  # LSH + refine cannot delete: b rebuilds its index
+    assert b.index.ntotal == 118 and "p7" not in {m.name for m in b.search(_photos("p7"), k=3)[0]}
     a.close()
     b.close()

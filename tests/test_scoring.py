@@ -119,7 +119,10 @@ def test_faiss_ranks_like_matrix(name: str, nlist: int) -> None:
 
 
 def approximate_index(s: Scoring, kind: str, train: np.ndarray) -> object:
-    """An IVF or HNSW index of `s` at generous settings (every list probed; a wide graph search)."""
+    """An IVF, HNSW or LSH index of `s` at generous settings (every list probed; a wide graph search; a third of
+    the gallery re-scored)."""
+    if kind == "lsh":
+        return s.faiss_index(train.shape[1], lsh_bits=64, refine=40)
     if kind == "ivf":
         index = s.faiss_index(train.shape[1], 8)
         index.train(train)
@@ -129,7 +132,7 @@ def approximate_index(s: Scoring, kind: str, train: np.ndarray) -> object:
 
 
 @pytest.mark.parametrize("name", SCORING_NAMES)
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "lsh"])
 def test_approximate_index_top1_matches_exact_matrix(name: str, kind: str) -> None:
     """recall@1 = 1 against `Scoring.matrix`, with the scores `index_scores` gives equal to the matrix's."""
     faiss = pytest.importorskip("faiss")
@@ -144,7 +147,7 @@ def test_approximate_index_top1_matches_exact_matrix(name: str, kind: str) -> No
     m = s.matrix(queries, gallery).numpy()
     np.testing.assert_array_equal(found[:, 0], m.argmax(axis=1))
     np.testing.assert_allclose(s.index_scores(values), np.take_along_axis(m, found, axis=1), atol=1e-4)
-    want = {"ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}[kind]
+    want = {"ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat, "lsh": faiss.IndexRefine}[kind]
     metric = faiss.METRIC_INNER_PRODUCT if name == "cosine" else faiss.METRIC_L2
     assert isinstance(index, want) and index.metric_type == metric
 
@@ -159,5 +162,29 @@ def test_hnsw_settings_and_ids() -> None:
     x = s.index_vectors(np.eye(4, dtype=np.float32) + 0.1)
     ided.add_with_ids(x, np.array([10, 20, 30, 40], dtype=np.int64))
     assert ided.search(x[2:3], 1)[1].tolist() == [[30]]
-    with pytest.raises(ValueError, match=r"nlist=4 \(IVF\) and hnsw_m=8 \(HNSW\) exclude each other"):
+    with pytest.raises(ValueError, match=r"nlist=4 \(IVF\), hnsw_m=8 \(HNSW\), lsh_bits=0: set one"):
         s.faiss_index(4, 4, hnsw_m=8)
+
+
+def test_lsh_finds_candidates_by_sign_bits_and_scores_them_exactly() -> None:
+    """Sign bits of a seeded rotation (the same in every process), Hamming search, `refine` x k exact rescores:
+    with refine 1 the answer is the Hamming order; with a wide refine the exact one."""
+    faiss = pytest.importorskip("faiss")
+    s = Scoring.of("cosine")
+    rng = np.random.default_rng(5)
+    x = s.index_vectors(rng.normal(size=(400, 32)).astype(np.float32))
+    q = s.index_vectors(x[:30] + 0.9 * rng.normal(size=(30, 32)).astype(np.float32) / np.sqrt(32))
+    a, b = s.faiss_index(32, lsh_bits=32, refine=1), s.faiss_index(32, lsh_bits=32, refine=1)
+    a.add(x)
+    b.add(x)
+    assert np.array_equal(a.search(q, 3)[1], b.search(q, 3)[1])  # one rotation, not a random one per index
+    bits = faiss.downcast_index(a.base_index)
+    assert (bits.nbits, a.k_factor, a.ntotal, faiss.downcast_index(a.refine_index).ntotal) == (32, 1.0, 400, 400)
+    hamming = bits.search(q, 3)[1]
+    refined = a.search(q, 3)[1]
+    assert np.array_equal(np.sort(refined, axis=1), np.sort(hamming, axis=1))  # refine 1: the Hamming top 3,
+    assert not np.array_equal(refined, hamming)  # ordered by the exact score
+    a.k_factor = 100.0  # everything re-scored: exact
+    found, want = a.search(q, 3), faiss.knn(q, x, 3, metric=faiss.METRIC_INNER_PRODUCT)
+    np.testing.assert_array_equal(found[1], want[1])
+    np.testing.assert_allclose(found[0], want[0], atol=1e-5)

@@ -46,13 +46,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gallery", required=True)
     p.add_argument(
         "--index",
-        choices=["flat", "ivf", "hnsw"],
+        choices=["flat", "ivf", "hnsw", "lsh"],
         default="flat",
-        help="reindex: exact search, IVF or HNSW (approximate, for large galleries); every process then uses it",
+        help="reindex: exact search, or IVF, HNSW or LSH (approximate, for large galleries); every process then "
+        "uses it",
     )
     p.add_argument("--nlist", type=int, help="reindex --index ivf: number of lists (default ~4 sqrt(N))")
     p.add_argument("--nprobe", type=int, help="reindex --index ivf: lists searched per query (default nlist/4)")
     p.add_argument("--hnsw-m", type=int, help="reindex --index hnsw: links per vector (default 32)")
+    p.add_argument("--lsh-bits", type=int, help="reindex --index lsh: sign bits per vector (default: its dim)")
+    p.add_argument(
+        "--refine", type=int, help="reindex --index lsh: candidates scored exactly per match (default 16)"
+    )
     p.add_argument(
         "--ef-search",
         type=int,
@@ -130,10 +135,19 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                 raise DataError("facerec gallery rename NAME NEW_NAME --gallery DIR: give both names")
             print(f"renamed {args.name} to {args.new_name}: {gallery.rename(args.name, args.new_name)} photos")
         else:
-            gallery.reindex(args.index, args.nlist, args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
+            gallery.reindex(
+                args.index,
+                args.nlist,
+                args.nprobe,
+                hnsw_m=args.hnsw_m,
+                ef_search=args.ef_search,
+                lsh_bits=args.lsh_bits,
+                refine=args.refine,
+            )
             m = gallery.meta
             how = {"ivf": f" (nlist {m['nlist']}, nprobe {m['nprobe']})"}
             how["hnsw"] = f" (M {m['hnsw_m']}, efSearch {m['ef_search']})"
+            how["lsh"] = f" ({m['lsh_bits']} bits, refine {m['refine']})"
             print(f"rebuilt a {args.index} index over {len(gallery)} photos{how.get(args.index, '')}")
         gallery.save()
     return 0

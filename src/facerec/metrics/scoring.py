@@ -113,7 +113,15 @@ class Scoring:
 
     # -- FAISS ----------------------------------------------------------------------------------------------
     def faiss_index(
-        self, dim: int, nlist: int = 0, *, hnsw_m: int = 0, ef_construction: int = 80, ef_search: int = 16
+        self,
+        dim: int,
+        nlist: int = 0,
+        *,
+        hnsw_m: int = 0,
+        ef_construction: int = 80,
+        ef_search: int = 16,
+        lsh_bits: int = 0,
+        refine: int = 8,
     ) -> Any:
         """An empty FAISS index for (N, dim) `index_vectors`, searched by inner product for cosine (the vectors
         are unit length) and by L2 distance for euclidean. Needs faiss.
@@ -126,12 +134,26 @@ class Scoring:
           (`index.hnsw.efSearch`, may be changed later). It needs no training, but it takes no `remove_ids`:
           wrap it in an `IndexIDMap` for ids and rebuild it to delete. `ef_construction` 80, not FAISS's 40:
           on 100k random 256-d vectors (bench/gallery.py) it lifts recall@1 at efSearch 128 from 0.94 to 0.98
-          for twice the build time.
+          for twice the build time;
+        * `lsh_bits` > 0: `lsh_bits` sign bits per vector after a fixed random rotation (`IndexLSH`: random
+          hyperplanes, Charikar 2002, whose bits differ with probability angle / pi), searched by Hamming
+          distance; the best `refine` x k candidates are then scored exactly (`IndexRefine` over an exact flat
+          index, `index.k_factor`). No training (the rotation is seeded), no `remove_ids`. Made for unit-length
+          vectors: the bits see angles only.
         """
-        if nlist > 0 and hnsw_m > 0:
-            raise ValueError(f"nlist={nlist} (IVF) and hnsw_m={hnsw_m} (HNSW) exclude each other; set one")
+        if sum(v > 0 for v in (nlist, hnsw_m, lsh_bits)) > 1:
+            raise ValueError(f"nlist={nlist} (IVF), hnsw_m={hnsw_m} (HNSW), lsh_bits={lsh_bits}: set one of them")
         faiss = _faiss()
         kind = faiss.METRIC_INNER_PRODUCT if self.unit_length else faiss.METRIC_L2
+        if lsh_bits > 0:
+            bits = faiss.IndexLSH(dim, lsh_bits, True, False)
+            bits.metric_type = (
+                kind  # as IndexRefine wants; the bits are compared by Hamming distance whatever it is
+            )
+            exact = faiss.IndexFlatIP(dim) if self.unit_length else faiss.IndexFlatL2(dim)
+            index = faiss.IndexRefine(bits, exact)  # keeps references to both
+            index.k_factor = float(refine)
+            return index
         if hnsw_m > 0:
             index = faiss.IndexHNSWFlat(dim, hnsw_m, kind)
             index.hnsw.efConstruction, index.hnsw.efSearch = ef_construction, ef_search

@@ -9,7 +9,9 @@ a temporary file, fsync, rename, so a reader finds the old cache or the new one,
 Index kinds (all searched through `Scoring`: inner product on unit vectors for cosine, L2 for euclidean):
 `flat` (exact, `IndexIDMap` over `IndexFlat*`), `ivf` (`IndexIVFFlat` over centroids stored in the database, so
 every process builds the same lists without training), `hnsw` (`IndexHNSWFlat` in an `IndexIDMap`; it cannot
-remove vectors, so a removal rebuilds it). Small batches (one identify query, one enrolment) run on one FAISS
+remove vectors, so a removal rebuilds it), `lsh` (sign bits of a seeded random rotation searched by Hamming
+distance, the best candidates scored exactly: `IndexRefine` over `IndexLSH` and a flat index, in an `IndexIDMap`;
+rebuilt on removal too). Small batches (one identify query, one enrolment) run on one FAISS
 thread (`one_thread`).
 """
 
@@ -79,28 +81,33 @@ def empty_index(s: Settings, centroids: np.ndarray | None) -> Any:
         return index
     if s.index == "hnsw":
         return faiss().IndexIDMap(scoring.faiss_index(s.dim, hnsw_m=s.hnsw_m, ef_search=s.ef_search))
+    if s.index == "lsh" and s.lsh_bits > 0:
+        return faiss().IndexIDMap(scoring.faiss_index(s.dim, lsh_bits=s.lsh_bits, refine=max(1, s.refine)))
     return faiss().IndexIDMap(scoring.faiss_index(s.dim))
 
 
 def layout(index: Any) -> list[tuple[str, int, int]]:
     """What an index is made of, outside in: (class, metric, dim) of it, of the index an IndexIDMap wraps, and
-    of an HNSW graph's storage or an IVF index's quantizer. Two indexes of one layout score queries alike."""
+    of an HNSW graph's storage, an IVF index's quantizer or an IndexRefine's two indexes (the number of LSH bits
+    is the `d` of its IndexLSH). Two indexes of one layout score queries alike."""
     f, out, todo = faiss(), [], [index]
     while todo:
         inner = f.downcast_index(todo.pop())
-        name = "IndexFlat" if isinstance(inner, f.IndexFlat) else type(inner).__name__  # IP / L2: in the metric
-        out.append((name, int(inner.metric_type), int(inner.d)))
-        for attr in ("index", "storage", "quantizer"):
-            sub = (
-                getattr(inner, attr, None) if isinstance(inner, (f.IndexIDMap, f.IndexHNSW, f.IndexIVF)) else None
-            )
-            if sub is not None:
-                todo.append(sub)
+        # IndexFlatIP / L2: told by the metric; IndexRefineFlat is what FAISS reads an IndexRefine over a flat as
+        name = next(
+            (c.__name__ for c in (f.IndexFlat, f.IndexRefine) if isinstance(inner, c)), type(inner).__name__
+        )
+        out.append((name, int(inner.metric_type), int(inner.nbits if isinstance(inner, f.IndexLSH) else inner.d)))
+        if isinstance(inner, (f.IndexIDMap, f.IndexHNSW, f.IndexIVF, f.IndexRefine)):
+            for attr in ("index", "storage", "quantizer", "base_index", "refine_index"):
+                sub = getattr(inner, attr, None)
+                if sub is not None:
+                    todo.append(sub)
     return out
 
 
 def configure(index: Any, s: Settings) -> None:
-    """Set the search-time parameters recorded in the database (IVF nprobe, HNSW efSearch)."""
+    """Set the search-time parameters recorded in the database (IVF nprobe, HNSW efSearch, LSH refine)."""
     inner = faiss().downcast_index(index)
     if isinstance(inner, faiss().IndexIVF):
         inner.nprobe = max(1, s.nprobe)
@@ -108,13 +115,27 @@ def configure(index: Any, s: Settings) -> None:
         sub = faiss().downcast_index(inner.index)
         if hasattr(sub, "hnsw"):
             sub.hnsw.efSearch = max(1, s.ef_search)
+        elif isinstance(sub, faiss().IndexRefine):
+            sub.k_factor = float(max(1, s.refine))
+
+
+def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`index.search(queries, k)` (k <= index.ntotal), with an LSH index's candidates (k x its refine factor)
+    capped at the vectors it holds: FAISS's IndexRefine returns fewer matches than asked, or none, beyond that."""
+    inner = faiss().downcast_index(index)
+    sub = faiss().downcast_index(inner.index) if isinstance(inner, faiss().IndexIDMap) else inner
+    if not isinstance(sub, faiss().IndexRefine):
+        return index.search(queries, k)
+    params = faiss().IndexRefineSearchParameters()
+    params.k_factor = float(max(1.0, min(sub.k_factor, sub.ntotal / max(k, 1))))
+    return index.search(queries, k, params=params)
 
 
 def removes(index: Any) -> bool:
-    """Whether `index.remove_ids` works (HNSW graphs cannot delete)."""
+    """Whether `index.remove_ids` works (HNSW graphs and LSH + refine cannot delete)."""
     inner = faiss().downcast_index(index)
     sub = faiss().downcast_index(inner.index) if isinstance(inner, faiss().IndexIDMap) else inner
-    return not hasattr(sub, "hnsw")
+    return not (hasattr(sub, "hnsw") or isinstance(sub, faiss().IndexRefine))
 
 
 def train_centroids(metric: str, vectors: np.ndarray, nlist: int) -> np.ndarray:

@@ -187,14 +187,24 @@ class Gallery:
         *,
         hnsw_m: int | None = None,
         ef_search: int | None = None,
+        lsh_bits: int | None = None,
+        refine: int | None = None,
     ) -> None:
         """Choose the index every process uses, recorded in the database: "flat" (exact), "ivf" (inverted lists,
-        centroids trained here on the stored vectors, Jegou et al. 2011) or "hnsw" (a graph, Malkov & Yashunin
-        2018; removals rebuild it). Settings not given are picked by the gallery's size (settings.ivf_defaults,
-        settings.hnsw_defaults: what bench/gallery.py measured to reach recall@1 >= 0.99)."""
+        centroids trained here on the stored vectors, Jegou et al. 2011), "hnsw" (a graph, Malkov & Yashunin
+        2018; removals rebuild it) or "lsh" (cosine galleries: `lsh_bits` sign bits per vector searched by
+        Hamming distance, `refine` x k candidates scored exactly; removals rebuild it). Settings not given are
+        picked by the gallery's size (settings.ivf_defaults, hnsw_defaults, lsh_defaults: what bench/gallery.py
+        measured to reach recall@1 >= 0.99)."""
         if kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+        if kind == "lsh" and self.metric != "cosine":
+            raise ValueError(
+                f"an lsh index compares angles and needs a cosine gallery; {self.folder} is {self.metric}: "
+                "use ivf or hnsw"
+            )
         given = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search}
+        given |= {"lsh_bits": lsh_bits, "refine": refine}
         for key, value in given.items():
             top = settings.LIMITS[key]
             if value is not None and (type(value) is not int or not 0 <= value <= top):
@@ -206,6 +216,9 @@ class Gallery:
             elif kind == "hnsw":
                 m, ef = settings.hnsw_defaults(len(self))
                 values.update(hnsw_m=hnsw_m or m, ef_search=ef_search or ef)
+            elif kind == "lsh":
+                bits, factor = settings.lsh_defaults(self._settings.dim)
+                values.update(lsh_bits=lsh_bits or bits, refine=refine or factor)
             with self.store.writing() as conn:
                 version = int(conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
                 self.store.set_meta(conn, {**values, "epoch": version + 1})  # the version this commit makes
@@ -234,7 +247,7 @@ class Gallery:
             q = self._prepare(embeddings)
             kk = min(state.index.ntotal, k * self._mirror.per_name)  # room for k distinct people (exact index)
             with cache.one_thread(len(q)):
-                dist, idx = state.index.search(q, kk)
+                dist, idx = cache.search(state.index, q, kk)
             pos = np.minimum(np.searchsorted(state.ids, np.maximum(idx, 0)), len(state.ids) - 1)
             if np.any((idx >= 0) & (state.ids[pos] != idx)):  # only a forged cache (it has a checksum)
                 raise DataError(

@@ -64,9 +64,14 @@ def of_index(index: Any, ids: np.ndarray, owners: np.ndarray) -> int | None:
                 codes = f.rev_swig_ptr(inner.invlists.get_codes(lst), n * inner.code_size)
                 part_ids = f.rev_swig_ptr(inner.invlists.get_ids(lst), n)
                 parts.append((np.array(part_ids, np.int64), np.frombuffer(codes, np.float32).reshape(n, inner.d)))
-    else:  # an IndexIDMap over a flat index or an HNSW graph (whose vectors are in a flat `storage`)
+    else:  # an IndexIDMap over a flat index, an HNSW graph (vectors in its flat `storage`) or LSH + refine
         sub = f.downcast_index(inner.index)
-        flat = f.downcast_index(sub.storage) if isinstance(sub, f.IndexHNSW) else sub
+        if isinstance(sub, f.IndexHNSW):
+            flat = f.downcast_index(sub.storage)
+        elif isinstance(sub, f.IndexRefine):
+            flat = f.downcast_index(sub.refine_index)
+        else:
+            flat = sub
         vectors = f.rev_swig_ptr(flat.codes.data(), flat.codes.size()) if flat.ntotal else np.zeros(0, np.uint8)
         parts = [(f.vector_to_array(inner.id_map), np.frombuffer(vectors, np.float32).reshape(-1, inner.d))]
     total = EMPTY

@@ -2,9 +2,10 @@
 
 Keys: `format`, `schema`, a random `uid` (names the database in its index cache), `metric`, `dim`,
 `fingerprint` (the model's weights), the index kind and its parameters (`index`, `nlist`, `nprobe`, `hnsw_m`,
-`ef_search`, `centroids`: an IVF quantizer's (nlist, dim) float32 blob), `epoch` (the version at which the index
-kind was chosen), `next_id` (the next photo id), `version` (raised by every write transaction), `edits` (raised by
-every removal and rename) and `digest` (digest.py: a checksum of the stored rows that an index cache must match).
+`ef_search`, `centroids`: an IVF quantizer's (nlist, dim) float32 blob, `lsh_bits`, `refine`), `epoch` (the
+version at which the index kind was chosen), `next_id` (the next photo id), `version` (raised by every write
+transaction), `edits` (raised by every removal and rename) and `digest` (digest.py: a checksum of the stored rows
+that an index cache must match).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from facerec.metrics.scoring import SCORING_NAMES
 
 FORMAT = "facerec-gallery"
 SCHEMA = 2  # 1 was the folder of gallery.json + vectors.npy + ids.npy + index.faiss (photos.gallery.legacy)
-INDEX_KINDS = ("flat", "ivf", "hnsw")
+INDEX_KINDS = ("flat", "ivf", "hnsw", "lsh")
 # largest values (sane for FAISS, which takes C ints); the counters (version, next_id) go up to 2**62
 LIMITS = {"dim": 1 << 16, "nlist": 1 << 24, "nprobe": 1 << 24, "hnsw_m": 512, "ef_search": 1 << 24}
+LIMITS |= {"lsh_bits": 1 << 16, "refine": 1 << 16}
+LSH_KEYS = {"lsh_bits": 0, "refine": 0}  # keys added after schema 2 began: a gallery without them has 0
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class Settings:
     ef_search: int  # HNSW candidates per search
     epoch: int  # the version at which the index kind was last chosen: a cache of another epoch is rebuilt
     version: int
+    lsh_bits: int = 0  # LSH sign bits per vector (0 unless lsh)
+    refine: int = 0  # LSH candidates scored exactly per match wanted
 
 
 # the index settings of an exact search; `reindex` starts from these
@@ -50,6 +55,7 @@ FLAT_INDEX: dict[str, object] = {
     "hnsw_m": 0,
     "ef_search": 0,
     "centroids": None,
+    **LSH_KEYS,
 }
 
 
@@ -69,6 +75,14 @@ def hnsw_defaults(n: int) -> tuple[int, int]:
     random 256-d identities: efSearch 64 at 10,000 gave 1.000; at 100,000, 128 gave 0.977 and 256 0.998)."""
     ef = 2 ** math.ceil(math.log2(max(1.0, 0.8 * math.sqrt(n))))
     return 32, min(1024, max(64, ef))
+
+
+def lsh_defaults(dim: int) -> tuple[int, int]:
+    """(bits, refine) that `reindex --index lsh` picks: one sign bit per embedding dimension (32 bytes for 256-d)
+    and 16 candidates scored exactly per match wanted. bench/gallery.py: at 1,000,000 random 256-d identities
+    (queries at cosine 0.7) 8 candidates already gave recall@1 1.000 at p50 1.7 ms; 16 leaves room for harder
+    queries."""
+    return dim, 16
 
 
 def new_meta(metric: str, dim: int, fingerprint: str | None) -> dict[str, object]:
@@ -96,6 +110,7 @@ ADVICE = (
 
 def check(meta: dict[str, object], path: Path) -> Settings:
     """Settings from the meta rows; DataError naming the file and the bad key."""
+    meta = {**LSH_KEYS, **meta}
     if meta.get("format") != FORMAT:
         raise DataError(f"{path} is not a facerec gallery database (format {meta.get('format')!r}); {ADVICE}")
     if not isinstance(meta.get("schema"), int) or meta["schema"] > SCHEMA:
@@ -103,7 +118,7 @@ def check(meta: dict[str, object], path: Path) -> Settings:
             f"{path} has gallery schema {meta.get('schema')!r}; this facerec reads up to schema {SCHEMA}: "
             "upgrade facerec"
         )
-    ints = ("dim", "nlist", "nprobe", "hnsw_m", "ef_search", "epoch", "version", "next_id")
+    ints = ("dim", "nlist", "nprobe", "hnsw_m", "ef_search", "lsh_bits", "refine", "epoch", "version", "next_id")
     bad = [k for k in ints if not isinstance(meta.get(k), int) or not 0 <= meta[k] <= LIMITS.get(k, 1 << 62)]
     if meta.get("metric") not in SCORING_NAMES:
         bad.append("metric")
