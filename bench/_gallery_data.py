@@ -75,3 +75,20 @@ def search_each(search: Any, queries: np.ndarray) -> tuple[float, float, float, 
         times[i], cpu[i] = time.perf_counter() - t0, time.process_time() - c0
     p50, p99 = np.percentile(times, [50, 99]) * 1e3
     return float(p50), float(p99), float(np.median(cpu)) * 1e3, out
+
+
+def add_one_ms(index: Any, dim: int, count: int = 200) -> float:
+    """p50 ms to add one new unit vector to a built index (after the searches: it changes the index)."""
+    extra = unit_rows(count, dim, np.random.default_rng(12345))
+    times = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        index.add(extra[i : i + 1])
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
+def default_nlists(n: int) -> list[int]:
+    """sqrt(N) and 4 sqrt(N) lists, each rounded to a power of 2 and capped at N / 39 (FAISS wants >= 39 training
+    vectors per list): the usual range of IVF list counts."""
+    return sorted({max(1, min(2 ** round(math.log2(f * math.sqrt(n))), n // 39)) for f in (1, 4)})

@@ -52,7 +52,17 @@ import numpy as np
 import torch
 from _common import cpu_model
 from _gallery_api import API_HEADER, api_line, measure_api
-from _gallery_data import COSINE, exact_top1, index_mib, load_average, rss_mib, search_each, synthetic, unit_rows
+from _gallery_data import (
+    COSINE,
+    add_one_ms,
+    default_nlists,
+    exact_top1,
+    index_mib,
+    load_average,
+    rss_mib,
+    search_each,
+    synthetic,
+)
 
 TARGET_MS, TARGET_RECALL = 10.0, 0.99
 
@@ -90,17 +100,6 @@ class Row:
 COLUMNS = "identities, index, threads, build, search, build s, build CPU s, vectors/s, add ms, p50 ms, p99 ms, "
 COLUMNS += "CPU ms p50, recall@1, source@1, MiB, load"
 HEADER = "| " + COLUMNS.replace(", ", " | ") + " |\n" + "|---" * 16 + "|"
-
-
-def add_one_ms(index: Any, dim: int, count: int = 200) -> float:
-    """p50 ms to add one new unit vector to a built index (after the searches: it changes the index)."""
-    extra = unit_rows(count, dim, np.random.default_rng(12345))
-    times = []
-    for i in range(count):
-        t0 = time.perf_counter()
-        index.add(extra[i : i + 1])
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
 
 
 def build(
@@ -215,12 +214,6 @@ def parse_args() -> argparse.Namespace:
     if bad := set(args.kinds) - {"flat", "ivf", "hnsw", "lsh"}:
         p.error(f"unknown --kinds {sorted(bad)}; choose from flat, ivf, hnsw, lsh")
     return args
-
-
-def default_nlists(n: int) -> list[int]:
-    """sqrt(N) and 4 sqrt(N) lists, each rounded to a power of 2 and capped at N / 39 (FAISS wants >= 39 training
-    vectors per list): the usual range of IVF list counts."""
-    return sorted({max(1, min(2 ** round(math.log2(f * math.sqrt(n))), n // 39)) for f in (1, 4)})
 
 
 def run_size(n: int, args: argparse.Namespace) -> list[Row]:
