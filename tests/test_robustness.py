@@ -500,8 +500,8 @@ def _nan_loss_from_call(monkeypatch: pytest.MonkeyPatch, bad_calls) -> None:
     """Every loss built by the pipeline returns NaN on the given (1-based) training-step calls."""
     build = pipeline.build_loss_fn
 
-    def patched(cfg, num_classes):
-        loss_fn = build(cfg, num_classes)
+    def patched(cfg, num_classes, *args, **kwargs):
+        loss_fn = build(cfg, num_classes, *args, **kwargs)
         _poison(loss_fn, {n: "nan" for n in bad_calls})
         return loss_fn
 
