@@ -229,3 +229,17 @@ def test_an_lsh_gallery_answers_exact_scores_and_rebuilds_on_removal(tmp_path: P
     assert b.index.ntotal == 118 and "p7" not in {m.name for m in b.search(_photos("p7"), k=3)[0]}
     a.close()
     b.close()
+
+
+def test_the_reindex_command_takes_and_prints_the_lsh_settings(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from facerec.cli.main import main
+
+    with Gallery.open(tmp_path / "g", "cosine", DIM) as g:
+        for i in range(10):
+            g.add(f"p{i}", _photos(f"p{i}"))
+    assert main(["gallery", "reindex", "--index", "lsh", "--refine", "5", "--gallery", str(tmp_path / "g")]) == 0
+    assert "rebuilt a lsh index over 20 photos (16 bits, refine 5)" in capsys.readouterr().out
+    assert main(["gallery", "reindex", "--index", "lsh", "--lsh-bits", "0", "--gallery", str(tmp_path / "g")]) == 0
+    assert "(16 bits, refine 16)" in capsys.readouterr().out  # 0: the defaults
+    with Gallery.open(tmp_path / "g") as g:
+        assert g.search(_photos("p3")[:1], k=1)[0][0].name == "p3"
