@@ -29,7 +29,7 @@ from facerec.distillation.online import OnlineTeacher
 from facerec.distillation.protocol import Teacher
 from facerec.distillation.teachers import ModelTeacher, make_teacher
 from facerec.engine.build import build_loss_fn, build_model, resolve_device
-from facerec.engine.checkpoint import load_checkpoint, save_checkpoint
+from facerec.engine.checkpoint import load_checkpoint
 from facerec.engine.data import images_on_gpu
 from facerec.engine.distributed import DistContext
 from facerec.engine.fit import FitHooks, FitOptions, fit
@@ -37,7 +37,8 @@ from facerec.engine.fit_state import FitState
 from facerec.engine.log import Log, Logger, echo
 from facerec.engine.parts import FitParts, build_parts
 from facerec.engine.progress import MetricsLog
-from facerec.engine.run import _check_writable, _removed_if_left_empty, _StopFlag
+from facerec.engine.run import finish_best
+from facerec.engine.run_dir import StopFlag, check_writable, removed_if_left_empty
 from facerec.engine.validate import prototypes_for
 from facerec.errors import ConfigError
 from facerec.losses.base import CombinedLoss
@@ -51,13 +52,13 @@ def distill(cfg: Config, run_dir: str | Path, teacher: Teacher | None = None, lo
     fails before writing anything (refused data, a missing teacher) leaves no run folder behind."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    with _removed_if_left_empty(Path(run_dir)):
+    with removed_if_left_empty(Path(run_dir)):
         return _distill(cfg, Path(run_dir), teacher, resolve_device(cfg.train.device), log)
 
 
 def _distill(cfg: Config, run_dir: Path, teacher: Teacher | None, device: torch.device, log: Log) -> FitState:
     d, t = cfg.distill, cfg.train
-    _check_writable(run_dir)
+    check_writable(run_dir)
     teacher = teacher if teacher is not None else make_teacher(d.teacher, d, str(device), cfg.data.align_template)
     online = _online_teacher(teacher, d.teacher_view)
     torch.manual_seed(t.seed)
@@ -85,7 +86,7 @@ def _distill(cfg: Config, run_dir: Path, teacher: Teacher | None, device: torch.
     logger = Logger(log, MetricsLog(run_dir))
     _write_run_files(cfg, parts, data, teacher, targets, run_dir, logger)
     t0 = time.time()
-    with _StopFlag(logger) as flag:
+    with StopFlag(logger) as flag:
         hooks = FitHooks(lambda: _checkpoint_extra(cfg, parts, data, teacher, targets), logger, lambda: flag.stop)
         state = fit(parts=parts, options=options, hooks=hooks, state=FitState())
     if state.epoch >= t.epochs or not flag.stop:
@@ -225,26 +226,12 @@ def _finalise(
 ) -> None:
     """best.pt gets what inference needs: the val threshold and, for a head without a classifier, class
     prototypes of the labelled training images."""
-    best_pt = options.run_dir / "best.pt"
-    best = load_checkpoint(best_pt)
+    best = load_checkpoint(options.run_dir / "best.pt")
     parts.model.load_state_dict(best["model"])
     parts.loss_fn.load_state_dict(best["loss"])
+    protos = None
     if data.labelled and not parts.loss_fn.has_logits:
         keep = data.train.labels >= 0
         labelled = dataclasses.replace(data.train, images=data.train.images[keep], labels=data.train.labels[keep])
-        best["prototypes"] = prototypes_for(dataclasses.replace(parts, train=labelled), per_class=1_000_000)
-    thr = best.get("metrics", {}).get("val_threshold")
-    if thr is not None:
-        best["threshold"] = thr
-        best["threshold_source"] = "best-accuracy threshold on the val pairs"
-    save_checkpoint({k: v for k, v in best.items() if k not in ("format", "version")}, best_pt)
-    metric = options.best_metric
-    best_value = state.best_value if metric != "train_loss" or state.best_value is None else -state.best_value
-    log(
-        f"done: best {metric} {best_value} at epoch {state.best_epoch}; checkpoint {best_pt}",
-        event="end",
-        best_epoch=state.best_epoch,
-        best_metric=metric,
-        best_value=best_value,
-        total_time_s=seconds,
-    )
+        protos = prototypes_for(dataclasses.replace(parts, train=labelled), per_class=1_000_000)
+    finish_best(best, protos, options, state, seconds, log)

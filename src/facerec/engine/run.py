@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from facerec.config import Config, apply_overrides, config_from_dict, config_to_dict, save_config
-from facerec.data.folder import DataError
 from facerec.data.holdout import write_pair_file
 from facerec.data.pairset import PairSet
 from facerec.engine.build import (
@@ -46,6 +43,7 @@ from facerec.engine.fit_state import FitState
 from facerec.engine.log import Log, Logger, echo, quiet
 from facerec.engine.parts import FitParts, build_parts
 from facerec.engine.progress import MetricsLog
+from facerec.engine.run_dir import StopFlag, check_writable, removed_if_left_empty
 from facerec.engine.validate import prototypes_for
 from facerec.models.embedder import count_parameters
 
@@ -81,7 +79,7 @@ def train(cfg: Config, run_dir: str | Path, resume: str | bool = False, log: Log
         torch.set_num_threads(t.threads)
     ctx, device = init_distributed(resolve_device(t.device))
     try:
-        with _removed_if_left_empty(Path(run_dir)) if ctx.is_main else contextlib.nullcontext():
+        with removed_if_left_empty(Path(run_dir)) if ctx.is_main else contextlib.nullcontext():
             state = _run(cfg, Path(run_dir), resume, log if ctx.is_main else quiet, ctx, device)
         ctx.barrier()  # nobody leaves while rank 0 still writes best.pt
         return state
@@ -100,7 +98,7 @@ def _run(
     if resume_state is not None:
         log(f"resuming after epoch {resume_state['epoch']} from {run_dir}")
     if ctx.is_main:
-        _check_writable(run_dir)
+        check_writable(run_dir)
     if ctx.enabled:
         log(f"distributed: {ctx.world_size} processes on {device.type}, each takes 1/{ctx.world_size} of a batch")
     if device.type == "cuda":  # process-wide switches, set here and not at import
@@ -124,7 +122,7 @@ def _run(
     t0 = time.time()
     # Several ranks could stop after different steps and leave the others waiting in a collective: under torchrun
     # Ctrl-C simply ends the job, and --resume continues from the last epoch's last.pt.
-    with _StopFlag(logger, install=not ctx.enabled) as flag:
+    with StopFlag(logger, install=not ctx.enabled) as flag:
         hooks = FitHooks(lambda: _checkpoint_extra(cfg, parts), logger, lambda: flag.stop)
         state = fit(parts=parts, options=options, hooks=hooks, state=state)
     if ctx.is_main:
@@ -203,13 +201,26 @@ def _checkpoint_extra(cfg: Config, parts: FitParts) -> dict[str, Any]:
 def _finalise(parts: FitParts, options: FitOptions, state: FitState, seconds: float, log: Logger) -> None:
     """Add what inference needs to best.pt: the decision threshold and, for losses without a classifier,
     class prototypes."""
-    best_pt = options.run_dir / "best.pt"
-    best = load_checkpoint(best_pt)
+    best = load_checkpoint(options.run_dir / "best.pt")
     parts.model.load_state_dict(best["model"])  # the plain model: DDP / torch.compile wrap only the step's
     parts.loss_fn.load_state_dict(best["loss"])
-    protos = prototypes_for(parts, per_class=1_000_000)
-    if protos is not None:
-        best["prototypes"] = protos
+    finish_best(best, prototypes_for(parts, per_class=1_000_000), options, state, seconds, log)
+
+
+def finish_best(
+    best: dict[str, Any],
+    prototypes: torch.Tensor | None,
+    options: FitOptions,
+    state: FitState,
+    seconds: float,
+    log: Logger,
+) -> None:
+    """Write best.pt (`best`, its loaded contents) with what inference needs, the class `prototypes` (C, D) of a
+    loss without a classifier and the val pairs' threshold, and log the run's end. Training and distillation end
+    here."""
+    best_pt = options.run_dir / "best.pt"
+    if prototypes is not None:
+        best["prototypes"] = prototypes
     thr = best.get("metrics", {}).get("val_threshold")
     if thr is not None:
         best["threshold"] = thr
@@ -227,33 +238,6 @@ def _finalise(parts: FitParts, options: FitOptions, state: FitState, seconds: fl
     )
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM finish the current step, save a checkpoint and exit (a second Ctrl-C aborts at once)."""
-
-    def __init__(self, log: Log, install: bool = True) -> None:
-        self.stop = False
-        self._old: dict[int, Any] = {}
-        self._log, self._install = log, install
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM) if self._install else ():
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.stop:
-            raise KeyboardInterrupt
-        self.stop = True
-        self._log("\nstopping after this step (Ctrl-C again to abort)...")
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
 def _resume_state(run_dir: Path, resume: str | bool) -> dict[str, Any] | None:
     if not resume:
         return None
@@ -267,29 +251,3 @@ def resume_config(run_dir: str | Path, resume: str | bool, overrides: list[str])
     """The config of the run being resumed, with explicit `key=value` overrides on top (e.g. more epochs)."""
     state = _resume_state(Path(run_dir), resume or True)
     return apply_overrides(config_from_dict(state["config"]), overrides)
-
-
-def _check_writable(run_dir: Path) -> None:
-    """Create the run folder and write a probe file into it, so a bad --out fails before the data is decoded."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise DataError(f"cannot write to the output folder {run_dir} ({err}); choose another --out") from None
-
-
-@contextlib.contextmanager
-def _removed_if_left_empty(run_dir: Path) -> Iterator[None]:
-    """On a failure, take away the run folder (and the parents made for it) when this run created it and wrote
-    nothing into it: a bad dataset or pair file must not leave an empty --out folder behind."""
-    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
-    try:
-        yield
-    except BaseException:
-        for folder in created:
-            if not folder.is_dir() or any(folder.iterdir()):
-                break
-            folder.rmdir()
-        raise
