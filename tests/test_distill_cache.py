@@ -3,6 +3,7 @@ option or the image list changed, resumed after an interruption; nothing pickled
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +46,17 @@ def test_cache_is_hit_when_nothing_changed_and_missed_when_teacher_or_folder_cha
         assert set(f.files) == {"key", "embeddings", "done", "mean", "fingerprint", "images"}
     other = CountingTeacher("b")  # another option of the teacher: another key
     assert teacher_targets(other, paths, cache).computed == len(paths) and other.embedded == len(paths)
-    Path(paths[0]).write_bytes(Path(paths[1]).read_bytes())  # a changed image (size / mtime)
+    moved = face_dir.parent / "moved"
+    shutil.copytree(face_dir, moved)  # the same images elsewhere, written afresh: found by their content
+    again = CountingTeacher()
+    copied = teacher_targets(again, sorted(str(p) for p in moved.rglob("*.jpg")), cache)
+    assert again.embedded == 0 and copied.computed == 0
+    np.testing.assert_array_equal(copied.embeddings, first.embeddings)
+    Path(paths[0]).write_bytes(Path(paths[0]).read_bytes() + b"changed")  # a changed image
     changed = CountingTeacher()
     assert teacher_targets(changed, paths, cache).computed == len(paths)
     (face_dir / "dave").mkdir()
-    (face_dir / "dave" / "0.jpg").write_bytes(Path(paths[2]).read_bytes())
+    (face_dir / "dave" / "0.jpg").write_bytes(Path(paths[2]).read_bytes() + b"dave")
     grown = sorted(str(p) for p in face_dir.rglob("*.jpg"))  # a changed folder: one image more
     assert teacher_targets(CountingTeacher(), grown, cache).computed == len(grown)
 
@@ -105,6 +112,6 @@ def test_a_run_on_a_subset_takes_its_rows_from_the_cache_of_all_images(face_dir:
     other = CountingTeacher("b")  # another teacher finds nothing to reuse
     assert teacher_targets(other, [paths[i] for i in pick], cache).computed == len(pick)
     new_image = face_dir / "alice" / "new.jpg"
-    new_image.write_bytes(Path(paths[0]).read_bytes())
+    new_image.write_bytes(Path(paths[0]).read_bytes() + b"another image")
     more = CountingTeacher()  # an image the full cache lacks: computed
     assert teacher_targets(more, [paths[1], str(new_image)], cache).computed == 2

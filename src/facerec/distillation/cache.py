@@ -1,8 +1,8 @@
 """Teacher embeddings, computed once per (teacher, image list) and kept on disk as .npz with nothing pickled.
 
 The file's name and its `key` entry are a digest of the teacher's fingerprint (its weights file or package
-version and options) and of the image list (each file's resolved path, size and modification time): a changed
-teacher, a changed option or a changed folder gives another key, and the embeddings are computed again. The file
+version and options) and of the image list (each file's content digest and size): a changed teacher, a changed
+option, a changed image or a changed folder gives another key, and the embeddings are computed again. The file
 also holds each image's digest and the teacher's fingerprint, so a run on a subset of the images (data.max_classes,
 data.holdout) takes its rows from a file of all of them instead of computing them. Beside
 the (N, D) embeddings the file holds the teacher's mean L2-normalised embedding over those (training) images,
@@ -32,7 +32,7 @@ from facerec.data.memory import default_cache_dir
 from facerec.distillation.protocol import Teacher
 from facerec.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images known by their content (1: by path, size and modification time)
 Log = Callable[[str], None]
 
 
@@ -58,16 +58,18 @@ def default_dir() -> Path:
 
 
 def image_records(paths: Sequence[str | Path]) -> list[str]:
-    """Each image's resolved path, size and modification time, as one line; DataError for a missing file."""
+    """Each image's content digest (sha256 of its bytes) and size, as one line; DataError for an unreadable file.
+    By content, not path and modification time: a folder that is moved, copied or written again with the same
+    images (a data volume mounted afresh) keeps its cached embeddings; a changed image does not."""
     records = []
     for p in paths:
         try:
-            st = os.stat(p)
+            data = Path(p).read_bytes()
         except OSError as err:
             raise DataError(
                 f"training image {p} cannot be read ({err.strerror}); the teacher must see it"
             ) from None
-        records.append(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}\n")
+        records.append(f"{hashlib.sha256(data).hexdigest()}|{len(data)}\n")
     return records
 
 
