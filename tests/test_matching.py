@@ -250,3 +250,20 @@ def test_facehw_centres_are_the_model_files_old_scores(facehw):
     assert str(old_model.match) == "centres"
     # the classification submission is the argmax of these scores: equal scores, identical CSV rows
     assert torch.equal(new_model.class_scores(images, match="centres"), old_model.class_scores(images))
+
+
+def test_a_trained_model_holds_its_class_means_and_matches_by_them(hw, tmp_path, capsys):
+    """A loss with a classifier (CosFace): best.pt still gets the class means of every training image, so the
+    model file matches by "mean" without `facerec export --train-data`, and both ways give the same means."""
+    from conftest import tiny_overrides
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(hw), "--out", str(run), *tiny_overrides("loss.name=cosface", "train.epochs=1")]
+    assert main(args) == 0
+    fm = facerec.load(run / "best.pt")
+    assert fm.matcher.default == Match("mean")
+    folders = sorted((hw / "classification_data" / "train_data").iterdir(), key=lambda p: fm.classes.index(p.name))
+    means = [torch.nn.functional.normalize(fm.embed(sorted(f.glob("*.jpg"))), dim=1).mean(0) for f in folders]
+    torch.testing.assert_close(fm.prototypes, torch.stack(means), rtol=1e-4, atol=1e-5)
+    text = _cli(capsys, "evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(hw), "--json")
+    assert json.loads(text)["match"] == "mean"

@@ -224,14 +224,14 @@ def _checkpoint_extra(
 def _finalise(
     parts: FitParts, data: DistillData, options: FitOptions, state: FitState, seconds: float, log: Logger
 ) -> None:
-    """best.pt gets what inference needs: the val threshold and, for a head without a classifier, class
-    prototypes of the labelled training images."""
+    """best.pt gets what inference needs: the val threshold and the class means of the labelled training
+    images (closed-set matching by "mean"; a head without a classifier has no other)."""
     best = load_checkpoint(options.run_dir / "best.pt")
     parts.model.load_state_dict(best["model"])
     parts.loss_fn.load_state_dict(best["loss"])
     protos = None
-    if data.labelled and not parts.loss_fn.has_logits:
+    if data.labelled:
         keep = data.train.labels >= 0
         labelled = dataclasses.replace(data.train, images=data.train.images[keep], labels=data.train.labels[keep])
-        protos = prototypes_for(dataclasses.replace(parts, train=labelled), per_class=1_000_000)
+        protos = prototypes_for(dataclasses.replace(parts, train=labelled), 1_000_000, with_classifier=True)
     finish_best(best, protos, options, state, seconds, log)

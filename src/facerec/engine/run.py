@@ -199,12 +199,13 @@ def _checkpoint_extra(cfg: Config, parts: FitParts) -> dict[str, Any]:
 
 
 def _finalise(parts: FitParts, options: FitOptions, state: FitState, seconds: float, log: Logger) -> None:
-    """Add what inference needs to best.pt: the decision threshold and, for losses without a classifier,
-    class prototypes."""
+    """Add what inference needs to best.pt: the decision threshold and the class means of every training image
+    (a loss without a classifier matches by them; with one, closed-set matching by "mean" does)."""
     best = load_checkpoint(options.run_dir / "best.pt")
     parts.model.load_state_dict(best["model"])  # the plain model: DDP / torch.compile wrap only the step's
     parts.loss_fn.load_state_dict(best["loss"])
-    finish_best(best, prototypes_for(parts, per_class=1_000_000), options, state, seconds, log)
+    log(f"class means of the {len(parts.train)} training images (flip TTA) for best.pt")
+    finish_best(best, prototypes_for(parts, 1_000_000, with_classifier=True), options, state, seconds, log)
 
 
 def finish_best(

@@ -21,9 +21,11 @@ from facerec.engine.parts import FitParts
 from facerec.metrics.insightface import protocol_report
 
 
-def prototypes_for(parts: FitParts, per_class: int = 8) -> torch.Tensor | None:
-    """Class prototypes (C, D) from up to `per_class` training images per class (losses without a classifier)."""
-    if parts.loss_fn.has_logits:
+def prototypes_for(parts: FitParts, per_class: int = 8, with_classifier: bool = False) -> torch.Tensor | None:
+    """Class prototypes (C, D): the mean flip-TTA embedding of up to `per_class` training images per class. None
+    for a loss with a classifier unless `with_classifier` (the class means closed-set matching by "mean" uses,
+    inference/matching.py)."""
+    if parts.loss_fn.has_logits and not with_classifier:
         return None
     labels = parts.train.labels
     order = torch.argsort(labels, stable=True)

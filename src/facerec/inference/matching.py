@@ -11,8 +11,9 @@ top-1 / top-5, `classify` and the classification submission work the same whiche
 
 On facehw val with models/facehw.pt, "mean" scores 57.4% top-1 against 48.8% for "centres" and 51.6% for the best
 kNN (K = 1; larger K loses, as identities with many images outvote the rest): docs/benchmarks.md "Closed-set
-matching". So a model's default is "mean" whenever its file holds class means (`facerec export --train-data`),
-else "centres"; every method stays selectable by name.
+matching". So a model's default is "mean" whenever its file holds class means (every training run writes them
+into best.pt; `facerec export --train-data` adds them to an older file), else "centres"; every method stays
+selectable by name.
 """
 
 from __future__ import annotations
