@@ -108,3 +108,17 @@ def test_long_runs_get_a_short_table(tmp_path: Path) -> None:
     md = write_report(run).read_text()  # no config, no start/end events: tolerated
     table_rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(table_rows) <= 30 and table_rows[-1].startswith("| 100 *")
+
+
+def test_a_distillation_run_names_its_teacher_and_the_weights_of_its_terms(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["distill"] = {"teacher": "dlib", "weight_embedding": 4.0, "weight_relational": 20.0,
+                         "weight_labels": 1.0, "teacher_view": "clean", "center": True}  # fmt: skip
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    md = write_report(run).read_text()
+    assert "Distilled from dlib's ResNet descriptor" in md and "outside the course's rules" in md
+    assert "4.0 · (1 − cos(P·s, t)) + 20.0 · MSE" in md and "+ 1.0 · L" in md
+    assert "training mean subtracted" in md
+    plain = write_report(make_run(tmp_path / "plain")).read_text()
+    assert "Distilled" not in plain  # a `facerec train` run has no teacher

@@ -123,7 +123,29 @@ def loss_section(cfg: dict) -> str:
     terms[0] += f" with label smoothing {smoothing}" if smoothing else ""
     default = " (the loss's own choice)" if loss.get("scoring", "auto") == "auto" else ""
     scoring = f"Pairs are scored by {scoring_name(cfg)} similarity{default}."
-    return f"## Loss\n\nL = {' + '.join(terms)}.\n{notes}\n\n{scoring}"
+    return f"## Loss\n\nL = {' + '.join(terms)}.\n{notes}\n{_distillation(cfg)}\n{scoring}"
+
+
+def _distillation(cfg: dict) -> str:
+    """The teacher-student terms of a `facerec distill` run (nothing for `facerec train`)."""
+    d = cfg.get("distill") or {}
+    if not d.get("teacher"):
+        return ""
+    teacher = "dlib's ResNet descriptor (a pretrained model: outside the course's rules)"
+    if d["teacher"] != "dlib":
+        teacher = f"`{Path(str(d['teacher'])).name}`"
+    view = (
+        "clean views, computed once and cached"
+        if d.get("teacher_view") == "clean"
+        else ("the student's own augmented views, online")
+    )
+    centred = ", its training mean subtracted" if d.get("center", True) else ""
+    w = [d.get(k, 1.0) for k in ("weight_embedding", "weight_relational", "weight_labels")]
+    return (
+        f"\nDistilled from {teacher} ({view}{centred}): L_total = {w[0]} · (1 − cos(P·s, t))"
+        f" + {w[1]} · MSE(cos(s_i, s_j), cos(t_i, t_j)) + {w[2]} · L, with s the student's and t the teacher's"
+        " normalised embeddings and P a learned projection between their sizes.\n"
+    )
 
 
 def hyperparameters(cfg: dict, start: dict, epochs: list[dict]) -> str:
