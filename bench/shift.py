@@ -105,6 +105,19 @@ def shifted(images: torch.Tensor, name: str, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.stack([fn(img, rng) for img in images.numpy()]))
 
 
+def shift_aucs(
+    fm, images: torch.Tensor, idx_a: torch.Tensor, idx_b: torch.Tensor, labels: torch.Tensor, names=SHIFTS
+) -> dict[str, float]:
+    """Val AUC of one model under each shift in `names`: pairs (images[a] as they are, images[b] shifted)."""
+    ref = fm.embed(images)
+    out = {}
+    for name in names:
+        probe = ref if name == "clean" else fm.embed(shifted(images, name))
+        scores = score_pairs(torch.cat([ref, probe]), idx_a, idx_b + ref.shape[0], fm.scoring)
+        out[name] = evaluate_pairs(scores, labels)["auc"]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints to compare (first: the base)")
