@@ -8,8 +8,10 @@ It is a training run of engine/ with three differences:
 Everything else (the epoch loop, the step, validation, checkpoints) is engine/'s. The run folder is a training
 run's, and best.pt loads like any checkpoint: its "loss" is the student's own head (loss.*), trained on the
 labelled images; the learned projection and the teacher's name, fingerprint and cache file go under "distill".
-Not offered: --resume and multi-process (torchrun) runs. The training accuracy is not counted (the step's labels
-are image indices); validation accuracy and AUC are.
+`resume=True` (`facerec distill --resume`) continues RUN/last.pt: weights, projection, optimiser, schedule, random
+state and the epoch loop's position, with the same teacher (its fingerprint is checked). Not offered: resuming a
+run that keeps a weight average (train.ema), and multi-process (torchrun) runs. The training accuracy is not
+counted (the step's labels are image indices); validation accuracy and AUC are.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import torch
 
-from facerec.config import Config, config_to_dict, save_config
+from facerec.config import Config, apply_overrides, config_from_dict, config_to_dict, save_config
 from facerec.distillation.cache import TeacherTargets, teacher_targets
 from facerec.distillation.data import DistillData, load_distill_data
 from facerec.distillation.losses import DistillLoss
@@ -29,7 +31,7 @@ from facerec.distillation.online import OnlineTeacher
 from facerec.distillation.protocol import Teacher
 from facerec.distillation.teachers import ModelTeacher, make_teacher
 from facerec.engine.build import build_loss_fn, build_model, resolve_device
-from facerec.engine.checkpoint import load_checkpoint
+from facerec.engine.checkpoint import CheckpointError, load_checkpoint
 from facerec.engine.data import images_on_gpu
 from facerec.engine.distributed import DistContext
 from facerec.engine.fit import FitHooks, FitOptions, fit
@@ -47,17 +49,58 @@ from facerec.models.embedder import count_parameters
 HEAD_PREFIX = "label_loss."  # DistillLoss's own-loss submodule in its state dict
 
 
-def distill(cfg: Config, run_dir: str | Path, teacher: Teacher | None = None, log: Log = echo) -> FitState:
-    """Train a student of `cfg` on `teacher` (else the one `cfg.distill.teacher` names) into `run_dir`. A run that
-    fails before writing anything (refused data, a missing teacher) leaves no run folder behind."""
+def distill(
+    cfg: Config, run_dir: str | Path, teacher: Teacher | None = None, log: Log = echo, resume: bool = False
+) -> FitState:
+    """Train a student of `cfg` on `teacher` (else the one `cfg.distill.teacher` names) into `run_dir`; `resume`
+    continues RUN/last.pt (module notes). A run that fails before writing anything (refused data, a missing
+    teacher) leaves no run folder behind."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     with removed_if_left_empty(Path(run_dir)):
-        return _distill(cfg, Path(run_dir), teacher, resolve_device(cfg.train.device), log)
+        return _distill(cfg, Path(run_dir), teacher, resolve_device(cfg.train.device), log, resume)
 
 
-def _distill(cfg: Config, run_dir: Path, teacher: Teacher | None, device: torch.device, log: Log) -> FitState:
+def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
+    """The config of the distillation run being resumed (RUN/last.pt's), `key=value` overrides on top."""
+    return apply_overrides(config_from_dict(_last_checkpoint(Path(run_dir))["config"]), overrides)
+
+
+def _last_checkpoint(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no checkpoint at {path}; start the run without --resume")
+    state = load_checkpoint(path)
+    if "distill" not in state:
+        raise CheckpointError(
+            f"{path} is a `facerec train` run's checkpoint: continue it with facerec train --resume"
+        )
+    return state
+
+
+def _resumed_parts(state: dict[str, Any], loss: DistillLoss, teacher: Teacher, ema: float) -> dict[str, Any]:
+    """A distillation checkpoint in the form build_parts resumes from: the step's whole loss (the student's head
+    under its prefix, the projection) as "loss"; ConfigError for another teacher or a weight average."""
+    if state["distill"].get("fingerprint") != teacher.fingerprint:
+        raise ConfigError(
+            f"--resume: the teacher is not the one this run started with ({state['distill'].get('teacher')}, "
+            f"fingerprint {str(state['distill'].get('fingerprint'))[:12]}); give the same teacher and options"
+        )
+    if ema:
+        raise ConfigError("--resume is not offered for a distillation run with train.ema; start it again")
+    whole = dict(state["distill"]["state"])
+    if loss.label_loss is not None:
+        whole.update({HEAD_PREFIX + k: v for k, v in state["loss"].items()})
+    return {**state, "loss": whole}
+
+
+def _distill(
+    cfg: Config, run_dir: Path, teacher: Teacher | None, device: torch.device, log: Log, resume: bool
+) -> FitState:
     d, t = cfg.distill, cfg.train
+    resumed = _last_checkpoint(run_dir) if resume else None
+    if resumed is not None:
+        log(f"resuming after epoch {resumed['epoch']} from {run_dir}")
     check_writable(run_dir)
     teacher = teacher if teacher is not None else make_teacher(d.teacher, d, str(device), cfg.data.align_template)
     online = _online_teacher(teacher, d.teacher_view)
@@ -75,7 +118,8 @@ def _distill(cfg: Config, run_dir: Path, teacher: Teacher | None, device: torch.
     val = data.val if loss.label_loss is not None and head.has_logits else None
     if data.val is not None and val is None:
         log("no validation accuracy: the student's own loss is off or has no classifier (val AUC still runs)")
-    parts = build_parts(cfg, build_model(cfg), loss, (train, val, data.pairs), DistContext(), device, None, log)
+    resumed = _resumed_parts(resumed, loss, teacher, t.ema) if resumed is not None else None
+    parts = build_parts(cfg, build_model(cfg), loss, (train, val, data.pairs), DistContext(), device, resumed, log)
     # the step sees image indices as labels; validation and checkpoints see the student's own head
     parts.train, parts.loss_fn = dataclasses.replace(train, labels=torch.arange(len(train))), head
     if online is not None:
@@ -84,11 +128,12 @@ def _distill(cfg: Config, run_dir: Path, teacher: Teacher | None, device: torch.
         t.epochs, run_dir, t.seed, t.best_metric, t.eval_every, t.early_stop, t.time_limit_min * 60
     )
     logger = Logger(log, MetricsLog(run_dir))
-    _write_run_files(cfg, parts, data, teacher, targets, run_dir, logger)
+    _write_run_files(cfg, parts, data, teacher, targets, run_dir, logger, resumed is None)
     t0 = time.time()
     with StopFlag(logger) as flag:
         hooks = FitHooks(lambda: _checkpoint_extra(cfg, parts, data, teacher, targets), logger, lambda: flag.stop)
-        state = fit(parts=parts, options=options, hooks=hooks, state=FitState())
+        start = FitState.from_state_dict(resumed["fit_state"]) if resumed is not None else FitState()
+        state = fit(parts=parts, options=options, hooks=hooks, state=start)
     if state.epoch >= t.epochs or not flag.stop:
         _finalise(parts, data, options, state, time.time() - t0, logger)
     logger.close()
@@ -173,9 +218,13 @@ def _write_run_files(
     targets: TeacherTargets,
     run_dir: Path,
     log: Logger,
+    fresh: bool = True,
 ) -> None:
+    """RUN/config.yaml, the model summary and (`fresh`: not resumed) the "start" record."""
     save_config(cfg, run_dir / "config.yaml")
     (run_dir / "model_summary.txt").write_text(f"{parts.model}\n\nparameters: {count_parameters(parts.model):,}\n")
+    if not fresh:
+        return
     log(
         event="start",
         device=str(parts.step.opts.device),
