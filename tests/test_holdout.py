@@ -171,7 +171,8 @@ def test_training_a_plain_folder_with_holdout_reports_val_auc_and_accuracy(tmp_p
     result = json.loads(capsys.readouterr().out)
     assert np.isclose(result["auc"], best["metrics"]["val_auc"], atol=1e-6)
     capsys.readouterr()  # evaluating on the training folder rebuilds the split: the recorded val metrics again
-    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(people), "--json"]) == 0
+    argv = ["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(people), "--json"]
+    assert main([*argv, "--match", "centres"]) == 0  # as validation matched during training
     captured = capsys.readouterr()
     assert (
         "scoring what its run held out (seed 0): 18 val images (2 per identity) and 60 pairs of 3 held-out"
@@ -253,7 +254,8 @@ def test_a_run_from_a_pack_holds_out_and_evaluates_like_one_from_folders(tmp_pat
     recorded = load_checkpoint(run / "best.pt")["metrics"]
     for data in (pack, people):
         capsys.readouterr()
-        assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(data), "--json"]) == 0
+        argv = ["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(data), "--json"]
+        assert main([*argv, "--match", "centres"]) == 0  # as validation matched during training
         result = json.loads(capsys.readouterr().out)
         assert result["n_images"] == 6 and result["n_pairs"] == 20
         assert np.isclose(result["auc"], recorded["val_auc"], atol=1e-6)
