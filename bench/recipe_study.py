@@ -11,7 +11,8 @@ OUT/NAME-sSEED/study.json. Then every finished run's best.pt is measured through
 val AUC, EER, TAR@FAR=1e-3 (facehw's 3,200 val pairs, flip TTA, the model's scoring), closed-set top-1 on the val
 split (the model's default matching), the mean and the worst AUC under bench/shift.py's ten shifts, and inference
 images/s (one embedding per image, no flip, `--threads` threads, 512 val images). Candidates are rows: the mean
-over their seeds, and the spread (max - min) of val AUC. OUT/table.md and OUT/recipes.png hold the result.
+over their seeds, and the spread (max - min) of val AUC. OUT/table.md and OUT/recipes.png hold the result;
+OUT/curves.png the val AUC of every run after each epoch (`--curves NAME=RUN` adds other runs).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--no-shift", action="store_true", help="skip the ten shifts (about 3 minutes per model)")
     p.add_argument("--report-only", action="store_true", help="train nothing; measure the runs that finished")
     p.add_argument("--models", nargs="*", default=[], metavar="NAME=FILE", help="also measure these model files")
+    p.add_argument("--curves", nargs="*", default=[], metavar="NAME=RUN", help="more run folders for curves.png")
     return p.parse_args()
 
 
@@ -188,6 +190,28 @@ def _plot(results: dict[str, list[dict]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _curves(runs: dict[str, Path], path: Path) -> None:
+    """OUT/curves.png: val AUC after each epoch of each run (its metrics.jsonl)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, run in runs.items():
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        epochs = [json.loads(x) for x in lines if '"event": "epoch"' in x]
+        points = [(e["epoch"], e["val_auc"]) for e in epochs if e.get("val_auc") is not None]
+        ax.plot(*zip(*points), marker=".", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("facehw val AUC")
+    ax.set_ylim(0.9, None)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     args = _args()
     names = [n for n in args.candidates.split(",") if n]
@@ -215,6 +239,11 @@ def main() -> None:
         results[name] = [measure(Path(path), data, not args.no_shift)]
         print(f"{name}: {json.dumps(results[name][-1])}", flush=True)
     print(report(results, out, hardware(torch.device("cpu"))))
+    runs = {f"{n} seed {seed}": out / f"{n}-s{seed}" for n in names for seed in seeds}
+    runs = {k: v for k, v in runs.items() if _finished(v)}
+    runs.update((item.partition("=")[0], Path(item.partition("=")[2])) for item in args.curves)
+    if runs:
+        _curves(runs, out / "curves.png")
 
 
 if __name__ == "__main__":
