@@ -69,12 +69,13 @@ def _shift_mean(fm, images: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: t
     return float(np.mean(list(shift_aucs(fm, images, a, b, y, [n for n in SHIFTS if n != "clean"]).values())))
 
 
-def _model_row(name: str, path: str, layout, ps: PairSet, subset, args: argparse.Namespace) -> dict:
+def _model_row(name: str, path: str, layout, ps: PairSet, n_subset: int, args: argparse.Namespace) -> dict:
     fm = load(path)
     e = fm.embed(ps.images)
-    m = evaluate_pairs(Scoring.of(fm.scoring).indexed_pairs(e, ps.idx_a, ps.idx_b), ps.labels)
-    images, a, b, y = subset
-    sub = evaluate_pairs(Scoring.of(fm.scoring).indexed_pairs(fm.embed(images), a, b), y)
+    scoring = Scoring.of(fm.scoring)
+    m = evaluate_pairs(scoring.indexed_pairs(e, ps.idx_a, ps.idx_b), ps.labels)
+    n = n_subset  # the teacher's pairs: the first n, scored from the same embeddings
+    sub = evaluate_pairs(scoring.indexed_pairs(e, ps.idx_a[:n], ps.idx_b[:n]), ps.labels[:n])
     row = {"model": name, "file": path, "auc": m["auc"], "eer": m["eer"], "tar@far=1e-3": m["tar@far=1e-3"]}
     row["auc_subset"] = sub["auc"]
     if layout.val is not None and fm.classes:
@@ -129,7 +130,6 @@ def main() -> None:
     scratch = load(args.scratch)
     ps = load_pairset(layout.pairs_val, layout.root, layout.verification, scratch.image_size)
     n_subset = min(args.teacher_pairs, len(ps.labels))
-    subset = _subset(ps, n_subset)
     print(hardware(torch.device("cpu")))
     print(f"{len(ps.labels)} val pairs from {layout.pairs_val}; the teacher subset: the first {n_subset}")
     t0 = time.perf_counter()
@@ -138,10 +138,10 @@ def main() -> None:
         named.append(("teacher", args.teacher))
     rows = []
     for name, path in named:
-        rows.append(_model_row(name, path, layout, ps, subset, args))
+        rows.append(_model_row(name, path, layout, ps, n_subset, args))
         print(f"  {name}: {json.dumps({k: v for k, v in rows[-1].items() if k != 'file'})}", flush=True)
     if args.teacher == "dlib":
-        rows.append(_dlib_row(subset, args))
+        rows.append(_dlib_row(_subset(ps, n_subset), args))
         print(f"  dlib: {json.dumps(rows[-1])}", flush=True)
     print(f"({time.perf_counter() - t0:.0f} s)\n")
     print(_table(rows, n_subset, len(ps.labels)))

@@ -52,9 +52,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         print("facerec distill: give --out RUN_DIR (the run folder)", file=sys.stderr)
         return 2
     if args.resume:
-        given = [f"--{k}" for k in ("teacher", "data", "config") if getattr(args, k)] + ["--extra"] * bool(
-            args.extra
-        )
+        given = [f"--{k}" for k in ("teacher", "data", "config", "extra") if getattr(args, k)]
         if given:
             print(
                 f"facerec distill --resume: the run keeps its teacher, data and config; drop {', '.join(given)}"

@@ -134,11 +134,8 @@ def _distillation(cfg: dict) -> str:
     teacher = "dlib's ResNet descriptor (a pretrained model: outside the course's rules)"
     if d["teacher"] != "dlib":
         teacher = f"`{Path(str(d['teacher'])).name}`"
-    view = (
-        "clean views, computed once and cached"
-        if d.get("teacher_view") == "clean"
-        else ("the student's own augmented views, online")
-    )
+    clean = d.get("teacher_view") == "clean"
+    view = "clean views, computed once and cached" if clean else "the student's own augmented views, online"
     centred = ", its training mean subtracted" if d.get("center", True) else ""
     w = [d.get(k, 1.0) for k in ("weight_embedding", "weight_relational", "weight_labels")]
     return (
