@@ -39,6 +39,7 @@ from facerec.inference.load import load
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "cpu": ("cpu", []),  # 12 epochs, standard augmentation: the default recipe
     "cpu_robust": ("cpu_robust", []),  # 24 epochs, robust augmentation: models/facehw.pt until 2026-12-02
+    "cpu_robust_48": ("cpu_robust", ["train.epochs=48"]),  # the same recipe on twice the schedule
     "cpu_robust_ema": ("cpu_robust", ["train.ema=0.999"]),
     "adaface_aug": ("cpu_robust", ["data.augment=adaface"]),
     "arcface": (
