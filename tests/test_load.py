@@ -268,7 +268,12 @@ def test_inference_imports_neither_evaluation_nor_the_training_run():
 
 @pytest.mark.parametrize(
     "name, cls",
-    [("facehw.pt", FaceModel), ("facehw_ensemble.pt", EnsembleFaceModel), ("facehw_dlib_student.pt", FaceModel)],
+    [
+        ("facehw.pt", FaceModel),
+        ("facehw_ensemble.pt", EnsembleFaceModel),
+        ("facehw_distilled.pt", FaceModel),
+        ("facehw_dlib_student.pt", FaceModel),
+    ],
 )
 def test_the_shipped_models_load(name, cls, facehw):
     path = REPO / "models" / name
