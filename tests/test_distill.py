@@ -140,6 +140,20 @@ def test_augmented_view_runs_with_a_pytorch_teacher_and_is_refused_for_onnx(work
     assert not (work / "online_onnx").exists()
 
 
+def test_a_warm_restart_takes_the_students_network_and_centres(work: Path) -> None:
+    """train.init_from + train.init_head in `facerec distill`: the restart's head starts as the run's own (the
+    teacher run stands in for a student here: same slice, same head), not fresh."""
+    start = work / "teacher" / "best.pt"
+    same = ("model.embedding_dim=32", "train.epochs=1", "train.max_steps_per_epoch=1", "optim.lr=1e-9")
+    over = student_config(work, *same, "optim.weight_decay=0", f"train.init_from={start}", "train.init_head=true")
+    restarted = load_checkpoint(facerec.distill(start, FACEHW, work / "restart", overrides=over))
+    trained = load_checkpoint(start)
+    for part in ("model", "loss"):
+        for key, value in trained[part].items():
+            if value.is_floating_point() and "running_" not in key:  # BatchNorm's statistics move in one step
+                torch.testing.assert_close(restarted[part][key], value, rtol=0, atol=1e-6)
+
+
 @pytest.mark.slow  # two tiny runs on facehw: 10-40 s on 2 busy cores
 def test_unlabelled_face_crops_train_on_the_teachers_losses_alone(work: Path) -> None:
     crops = work / "unlabelled" / "crops"

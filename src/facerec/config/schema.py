@@ -128,6 +128,8 @@ class TrainConfig:
         0.0, 0.0, 1.0, open_hi=True
     )  # EMA decay of the weights per step (e.g. 0.998); validation and best.pt use the average
     init_from: str = ""  # start the network (not the loss) from this checkpoint, e.g. ArcFace after softmax
+    # with init_from: take the loss's weights (class centres) too, for a warm restart on the same classes
+    init_head: bool = False
 
 
 @dataclass

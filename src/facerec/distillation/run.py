@@ -37,7 +37,7 @@ from facerec.engine.distributed import DistContext
 from facerec.engine.fit import FitHooks, FitOptions, fit
 from facerec.engine.fit_state import FitState
 from facerec.engine.log import Log, Logger, echo
-from facerec.engine.parts import FitParts, build_parts
+from facerec.engine.parts import FitParts, build_parts, init_head
 from facerec.engine.progress import MetricsLog
 from facerec.engine.run import finish_best
 from facerec.engine.run_dir import StopFlag, check_writable, removed_if_left_empty
@@ -113,6 +113,8 @@ def _distill(
         f"{common:.2f} (distill.center={d.center} subtracts their mean)"
     )
     head = build_loss_fn(cfg, len(data.train.classes)).to(device)
+    if t.init_head and resumed is None:
+        init_head(head, t.init_from, data.train.classes, log)
     loss = _distill_loss(cfg, data, targets, teacher, head, online is not None, log)
     train = images_on_gpu(data.train, device, log) if device.type == "cuda" else data.train
     val = data.val if loss.label_loss is not None and head.has_logits else None

@@ -30,6 +30,7 @@ from facerec.engine.log import Log
 from facerec.engine.optim import build_optimizer
 from facerec.engine.schedule import LRSchedule
 from facerec.engine.train import StepOptions, StepParts
+from facerec.errors import ConfigError
 from facerec.losses.base import CombinedLoss, EmbeddingLoss
 
 
@@ -162,3 +163,28 @@ def _init_weights(model: nn.Module, path: str, log: Log) -> None:
         )
     model.load_state_dict(source)
     log(f"initialised the network from {path}")
+
+
+def init_head(head: nn.Module, path: str, classes: list[str], log: Log) -> None:
+    """`train.init_head`: start the loss (a margin head's class centres) from `path`'s, which must have been
+    trained on the same `classes` with a head of the same shape: a warm restart of that run, whose network
+    `train.init_from` takes. Without it a restart's fresh centres pull the trained embedding apart at first."""
+    if not path:
+        raise ConfigError(
+            "train.init_head=true takes the loss from train.init_from: set train.init_from=CHECKPOINT"
+        )
+    state = load_checkpoint(path)
+    if list(state.get("classes") or []) != list(classes):
+        raise CheckpointError(
+            f"train.init_head: {path} was trained on other classes ({len(state.get('classes') or [])} against "
+            f"this run's {len(classes)}); its class centres do not apply: drop train.init_head=true"
+        )
+    source, own = state["loss"], head.state_dict()
+    differ = sorted(set(own) ^ set(source)) or [k for k in own if source[k].shape != own[k].shape]
+    if differ:
+        raise CheckpointError(
+            f"train.init_head: the loss of {path} differs from loss.* of this config (e.g. {differ[0]}); "
+            "use the same loss and embedding_dim, or drop train.init_head=true"
+        )
+    head.load_state_dict(source)
+    log(f"initialised the loss's weights from {path}")

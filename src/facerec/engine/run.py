@@ -41,7 +41,7 @@ from facerec.engine.distributed import DistContext, init_distributed, shutdown
 from facerec.engine.fit import FitHooks, FitOptions, fit
 from facerec.engine.fit_state import FitState
 from facerec.engine.log import Log, Logger, echo, quiet
-from facerec.engine.parts import FitParts, build_parts
+from facerec.engine.parts import FitParts, build_parts, init_head
 from facerec.engine.progress import MetricsLog
 from facerec.engine.run_dir import StopFlag, check_writable, removed_if_left_empty
 from facerec.engine.validate import prototypes_for
@@ -114,6 +114,8 @@ def _run(
     if device.type == "cuda":
         train_set = images_on_gpu(train_set, device, log)
     model, loss_fn = build_model(cfg), build_loss_fn(cfg, len(train_set.classes), (ctx.rank, ctx.world_size))
+    if t.init_head and resume_state is None:
+        init_head(loss_fn, t.init_from, train_set.classes, log)
     parts = build_parts(cfg, model, loss_fn, (train_set, val, pairs), ctx, device, resume_state, log, bins)
     state = FitState.from_state_dict(resume_state["fit_state"]) if resume_state is not None else FitState()
     logger = Logger(log, MetricsLog(run_dir) if ctx.is_main else None)
