@@ -106,15 +106,15 @@ def _distill(
     online = _online_teacher(teacher, d.teacher_view)
     torch.manual_seed(t.seed)
     data = load_distill_data(cfg, log)
+    head = build_loss_fn(cfg, len(data.train.classes)).to(device)
+    if t.init_head and resumed is None:  # before the teacher's cache: a wrong checkpoint fails in seconds
+        init_head(head, t.init_from, data.train.classes, log)
     targets = teacher_targets(teacher, data.train.paths, d.cache_dir or None, d.teacher_batch, log)
     common = float((torch.from_numpy(targets.mean) ** 2).sum())
     log(
         f"teacher {teacher.name}: {teacher.embedding_dim}-d; mean cosine between its training embeddings "
         f"{common:.2f} (distill.center={d.center} subtracts their mean)"
     )
-    head = build_loss_fn(cfg, len(data.train.classes)).to(device)
-    if t.init_head and resumed is None:
-        init_head(head, t.init_from, data.train.classes, log)
     loss = _distill_loss(cfg, data, targets, teacher, head, online is not None, log)
     train = images_on_gpu(data.train, device, log) if device.type == "cuda" else data.train
     val = data.val if loss.label_loss is not None and head.has_logits else None
