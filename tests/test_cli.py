@@ -130,6 +130,15 @@ def test_list_commands(capsys):
         assert name in out
     assert main(["list", "backbones"]) == 0
     assert "resnet34" in capsys.readouterr().out
+    assert main(["list", "recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    from facerec.config import describe_recipes
+
+    described = describe_recipes()
+    assert [line.split()[0] for line in lines] == list(described)
+    # one column of names however long the longest: every description starts at the same place
+    starts = {line.index(text) for line, text in zip(lines, described.values(), strict=True)}
+    assert len(starts) == 1 and starts.pop() > max(map(len, described))
 
 
 def test_compiled_training_matches_eager(hw2p2_dir: Path, tmp_path: Path, cache, monkeypatch):

@@ -18,12 +18,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     from facerec.models import BACKBONES
 
     if args.what == "recipes":
-        for name, text in describe_recipes().items():
-            print(f"{name:<20} {text}")
-        return 0
-    reg = LOSSES if args.what == "losses" else BACKBONES
-    for name, doc in reg.describe().items():
-        print(f"{name:<18} {doc}")
+        described = describe_recipes()
+    else:
+        described = (LOSSES if args.what == "losses" else BACKBONES).describe()
+    width = max(map(len, described), default=0) + 1  # one column of names, as wide as the longest
+    for name, text in described.items():
+        print(f"{name:<{width}} {text}")
     return 0
 
 
