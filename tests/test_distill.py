@@ -140,6 +140,7 @@ def test_augmented_view_runs_with_a_pytorch_teacher_and_is_refused_for_onnx(work
     assert not (work / "online_onnx").exists()
 
 
+@pytest.mark.slow  # a one-step run on the facehw slice: 10-20 s on 2 busy cores
 def test_a_warm_restart_takes_the_students_network_and_centres(work: Path) -> None:
     """train.init_from + train.init_head in `facerec distill`: the restart's head starts as the run's own (the
     teacher run stands in for a student here: same slice, same head), not fresh."""
