@@ -3,6 +3,7 @@ the open-set val pairs. Skipped when the data is absent."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,10 @@ def test_every_recipe_learns_on_a_real_slice(recipe, facehw, tmp_path, cache):
     )
     if "margin_warmup_epochs" in cfg.loss.params:
         cfg.loss.params["margin_warmup_epochs"] = 2
+    if cfg.train.init_head and not cfg.train.init_from:  # a warm restart's recipe: restart a first run of its own
+        first = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_head=False, epochs=2))
+        train(first, tmp_path / "first", log=lambda m: None)
+        cfg.train.init_from = str(tmp_path / "first" / "best.pt")
     train(cfg, tmp_path / "run", log=lambda m: None)
     epochs = [r for r in read_metrics(tmp_path / "run") if r["event"] == "epoch"]
     assert len(epochs) == 8
