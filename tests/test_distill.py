@@ -153,9 +153,9 @@ def test_a_warm_restart_takes_the_students_network_and_centres(work: Path) -> No
         for key, value in trained[part].items():
             if value.is_floating_point() and "running_" not in key:  # BatchNorm's statistics move in one step
                 torch.testing.assert_close(restarted[part][key], value, rtol=0, atol=1e-6)
-    lost = student_config(work, f"distill.cache_dir={work / 'cache_unused'}", "train.init_head=true")
+    no_start = student_config(work, f"distill.cache_dir={work / 'cache_unused'}", "train.init_head=true")
     with pytest.raises(ConfigError, match="set train.init_from=CHECKPOINT"):
-        facerec.distill(start, FACEHW, work / "restart_without_checkpoint", overrides=lost)
+        facerec.distill(start, FACEHW, work / "restart_without_checkpoint", overrides=no_start)
     assert not (work / "cache_unused").exists()  # refused before the teacher embedded anything
 
 

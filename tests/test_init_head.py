@@ -22,7 +22,7 @@ HEAD = ("loss.name=cosface", "optim.weight_decay=0")
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny CosFace run of 10 epochs on synthetic identities: (its data, its best.pt, the lowest-loss epoch)."""
+    """A tiny CosFace run of 10 epochs on synthetic identities: (its data, its best.pt: the lowest-loss epoch)."""
     root = tmp_path_factory.mktemp("init_head")
     data = make_hw2p2(root / "data")
     best = facerec.train(
