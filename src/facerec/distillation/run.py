@@ -30,6 +30,7 @@ from facerec.distillation.losses import DistillLoss
 from facerec.distillation.online import OnlineTeacher
 from facerec.distillation.protocol import Teacher
 from facerec.distillation.teachers import ModelTeacher, make_teacher
+from facerec.distillation.warm import warm_projection
 from facerec.engine.build import build_loss_fn, build_model, resolve_device
 from facerec.engine.checkpoint import CheckpointError, load_checkpoint
 from facerec.engine.data import images_on_gpu
@@ -124,6 +125,11 @@ def _distill(
     parts = build_parts(cfg, build_model(cfg), loss, (train, val, data.pairs), DistContext(), device, resumed, log)
     # the step sees image indices as labels; validation and checkpoints see the student's own head
     parts.train, parts.loss_fn = dataclasses.replace(train, labels=torch.arange(len(train))), head
+    if t.init_head and resumed is None:  # the restart's projection too (distillation/warm.py)
+        warm = (loss, t.init_from, teacher.fingerprint, parts.model, train.images, targets.targets(d.center), log)
+        warm_projection(*warm, device=device, seed=t.seed)
+        if parts.step.ema is not None:
+            parts.step.ema.load({"loss": loss.state_dict()}, parts.step.ema.counters())
     if online is not None:
         parts.step.model = OnlineTeacher(parts.step.model, online.to(device), teacher.image_size)
     options = FitOptions(
