@@ -35,7 +35,7 @@ def test_registry_refuses_duplicates_and_names_choices():
         reg.get("b")
 
 
-@pytest.mark.parametrize("name", ["tiny_cnn", "facenet_s", "resnet18"])
+@pytest.mark.parametrize("name", ["tiny_cnn", "facenet_s", "facenet_m", "resnet18"])
 def test_backbones_embed_64px_faces(name):
     model = FaceEmbedder(name, embedding_dim=32, neck="pool").eval()
     out = model(torch.zeros(2, 3, 64, 64))
