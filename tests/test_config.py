@@ -140,3 +140,22 @@ def test_cli_reports_a_bad_value_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "data.batch_size=0 is out of range: must be >= 1" in err and "Traceback" not in err
     assert not out.exists()  # stopped before the run folder was made
+
+
+def test_recipe_study_candidates_resolve_to_valid_configs(monkeypatch):
+    """Every candidate of bench/recipe_study.py names a shipped recipe, known keys and registered parts."""
+    import importlib
+    from pathlib import Path
+
+    from facerec.config.recipes import recipe_path
+    from facerec.registry import BACKBONES, LOSSES
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    study = importlib.import_module("recipe_study")
+    assert {"cpu_robust", "cpu_robust_m", "cpu_robust_drop_wd"} <= set(study.CANDIDATES)
+    for name, (recipe, overrides) in study.CANDIDATES.items():
+        cfg = load_config(recipe_path(recipe), overrides)
+        assert cfg.model.backbone in BACKBONES.describe(), name
+        assert cfg.loss.name in LOSSES.describe(), name
+    with pytest.raises(ConfigError):
+        load_config(recipe_path("cpu_robust"), ["model.dropuot=0.4"])  # a misspelt key fails the candidate
