@@ -35,7 +35,7 @@ from facerec.data.pairset import load_pairset
 from facerec.evaluation.datasets import evaluate_dataset
 from facerec.inference.load import load
 
-# name -> (recipe, overrides). Every candidate keeps facenet_s + flatten neck (inference speed stays today's).
+# name -> (recipe, overrides). Every candidate keeps the flatten neck and facenet_s or the similar-speed facenet_m.
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "cpu": ("cpu", []),  # 12 epochs, standard augmentation: the default recipe
     "cpu_robust": ("cpu_robust", []),  # 24 epochs, robust augmentation: models/facehw.pt until 2026-12-02
