@@ -49,6 +49,18 @@ def test_evaluate_json_and_predict_submissions(trained: Path, hw2p2_dir: Path, t
     assert {"auc", "accuracy", "eer", "tar@far=1e-3", "best_acc"} <= set(result)
     assert result["accuracy"] > 0.5  # 12 identities: chance is 1/12
     assert result["auc"] > 0.75
+    assert "auc_ci" not in result
+    evaluate = ["evaluate", "--checkpoint", str(trained / "best.pt"), "--data", str(hw2p2_dir), "--ci"]
+    assert main([*evaluate, "--json"]) == 0
+    with_ci = json.loads(capsys.readouterr().out)
+    assert with_ci["auc"] == result["auc"]  # the same scores, with intervals beside them
+    for key in ("auc", "eer", "tar@far=1e-3"):
+        low, high = with_ci[f"{key}_ci"]
+        assert 0.0 <= low <= high <= 1.0
+    assert with_ci["auc_ci"][0] <= result["auc"] <= with_ci["auc_ci"][1]
+    assert main(evaluate) == 0
+    low, high = with_ci["auc_ci"]
+    assert f"auc_ci: {low:.4f} - {high:.4f}" in capsys.readouterr().out
 
     out = tmp_path / "sub"
     assert (

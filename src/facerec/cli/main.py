@@ -64,6 +64,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="folder the pair file's paths are relative to")
     p.add_argument("--scoring", choices=["cosine", "euclidean"], help="override the loss's own scoring")
     p.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
+    p.add_argument("--ci", action="store_true", help="95%% bootstrap intervals of pair metrics")
     add_match_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default="auto")
@@ -196,12 +197,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
     fm = load(args.checkpoint, device=_device(args.device))
-    flip = not args.no_flip
+    flip, rounds = not args.no_flip, 1000 if args.ci else 0
     if args.pairs:
         root = args.root or str(Path(args.pairs).parent)
-        result = evaluate_pair_file(fm, args.pairs, root, None, args.scoring, flip)
+        result = evaluate_pair_file(fm, args.pairs, root, None, args.scoring, flip, rounds)
     elif args.data:
-        result = evaluate_dataset(fm, args.data, args.scoring, flip, log, args.match)
+        result = evaluate_dataset(fm, args.data, args.scoring, flip, log, args.match, rounds)
     else:
         print("facerec evaluate: give --data DIR, or --pairs FILE [--root DIR]", file=sys.stderr)
         return EXIT_USAGE
@@ -209,7 +210,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:>16}: {value:.4f}" if isinstance(value, float) else f"{key:>16}: {value}")
+            text = f"{value:.4f}" if isinstance(value, float) else value
+            print(f"{key:>16}: " + (f"{value[0]:.4f} - {value[1]:.4f}" if key.endswith("_ci") else f"{text}"))
     return 0
 
 

@@ -19,6 +19,7 @@ from facerec.engine.evaluate import evaluate_closed_set, evaluate_pairs
 from facerec.errors import CheckpointError
 from facerec.inference.matching import train_set_state
 from facerec.inference.model import EnsembleFaceModel, FaceModel
+from facerec.metrics.bootstrap import bootstrap_intervals
 from facerec.metrics.scoring import Scoring
 from facerec.outputs.submission import classification_test_ids, write_classification_csv, write_verification_csv
 
@@ -95,16 +96,25 @@ def evaluate_pair_file(
     verification_dir: Path | None = None,
     scoring: str | None = None,
     flip: bool = True,
-) -> dict[str, float]:
+    intervals: int = 0,
+) -> dict[str, Any]:
     """Verification metrics on a labelled pair file, HW2P2 `a b label` lines or LFW's pairs.txt / pairsDevTest.txt
-    (`data.pairs.read_pairs`), image paths relative to `root`; the images are used as they are (no alignment)."""
+    (`data.pairs.read_pairs`), image paths relative to `root`; the images are used as they are (no alignment).
+
+    intervals: that many bootstrap resamples of the pairs give each metric a 95% interval (`auc_ci` = [low,
+    high], ...; metrics/bootstrap.py); 0, none.
+    """
     pairs = load_pairset(pairs_file, root, verification_dir, fm.image_size)
     if pairs.labels is None:
         raise DataError(
             f"{pairs_file} has no labels (lines `a b`); evaluation needs `a b label` lines or an LFW pair file"
         )
-    m = evaluate_pairs(pair_scores_for(fm, pairs, scoring, flip), pairs.labels)
-    return {**m, "scoring": scoring or fm.scoring}
+    scores = pair_scores_for(fm, pairs, scoring, flip)
+    m: dict[str, Any] = {**evaluate_pairs(scores, pairs.labels), "scoring": scoring or fm.scoring}
+    if intervals:
+        ci = bootstrap_intervals(scores.numpy(), pairs.labels.numpy(), rounds=intervals)
+        m.update({f"{k}_ci": list(v) for k, v in ci.items()})
+    return m
 
 
 def evaluate_dataset(
@@ -114,9 +124,11 @@ def evaluate_dataset(
     flip: bool = True,
     log=print,
     match: str | None = None,
+    intervals: int = 0,
 ) -> dict[str, Any]:
     """Everything labelled that a dataset folder holds: the val split (accuracy) and val pairs (AUC, ...). On the
-    model's own training folder (or pack), what its run held out of it, when it held something out."""
+    model's own training folder (or pack), what its run held out of it, when it held something out. `intervals`:
+    as for `evaluate_pair_file` (the val pairs only)."""
     held_out = fm.config.data.holdout or fm.config.data.val_per_class
     if is_pack(data):
         if _trained_on(fm, Path(data)) and held_out:
@@ -139,7 +151,8 @@ def evaluate_dataset(
     if split is not None:
         out.update(evaluate_split(fm, split, flip, log, match))
     if layout.pairs_val is not None:
-        out.update(evaluate_pair_file(fm, layout.pairs_val, layout.root, layout.verification, scoring, flip))
+        pair_file = layout.pairs_val
+        out.update(evaluate_pair_file(fm, pair_file, layout.root, layout.verification, scoring, flip, intervals))
     if not out:
         raise DataError(f"{data} holds neither a labelled split nor a labelled pair file to evaluate on")
     return out
