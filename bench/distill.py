@@ -4,8 +4,10 @@ For every facerec model file (the from-scratch model, the students, and the teac
 val ROC AUC, EER, TAR@FAR=1e-3 on the dataset's val pairs (identities unseen in training), closed-set top-1 on the
 val split, the mean AUC under bench/shift.py's ten shifts (`--shift`), and embeddings per CPU-second. The dlib
 teacher is slow (about 5 images per CPU-second), so it is scored on the first `--teacher-pairs` val pairs only,
-and every model's AUC on that same subset is printed beside it. Everything goes through the project's one scoring
-path (`FaceModel.embed` with flip TTA and the model's own scoring; dlib: its descriptor, cosine).
+and every model's AUC on that same subset is printed beside it. Under the table, each student's AUC minus the
+from-scratch model's (and student 1's) on the same pairs, with a 95% paired-bootstrap interval. Everything goes
+through the project's one scoring path (`FaceModel.embed` with flip TTA and the model's own scoring; dlib: its
+descriptor, cosine).
 
     python bench/distill.py --scratch models/facehw.pt --students models/facehw_dlib_student.pt \\
         --teacher dlib [--teacher-pairs 400] [--shift] [--speed-images 256] [--data DIR] [--json OUT]
@@ -30,6 +32,7 @@ from facerec.distillation.teachers import make_teacher
 from facerec.engine.evaluate import evaluate_pairs
 from facerec.evaluation.datasets import evaluate_split
 from facerec.inference.load import load
+from facerec.metrics.bootstrap import paired_difference
 from facerec.metrics.scoring import Scoring
 
 
@@ -73,7 +76,8 @@ def _model_row(name: str, path: str, layout, ps: PairSet, n_subset: int, args: a
     fm = load(path)
     e = fm.embed(ps.images)
     scoring = Scoring.of(fm.scoring)
-    m = evaluate_pairs(scoring.indexed_pairs(e, ps.idx_a, ps.idx_b), ps.labels)
+    scores = scoring.indexed_pairs(e, ps.idx_a, ps.idx_b)
+    m = evaluate_pairs(scores, ps.labels)
     n = n_subset  # the teacher's pairs: the first n, scored from the same embeddings
     sub = evaluate_pairs(scoring.indexed_pairs(e, ps.idx_a[:n], ps.idx_b[:n]), ps.labels[:n])
     row = {"model": name, "file": path, "auc": m["auc"], "eer": m["eer"], "tar@far=1e-3": m["tar@far=1e-3"]}
@@ -83,7 +87,26 @@ def _model_row(name: str, path: str, layout, ps: PairSet, n_subset: int, args: a
     if args.shift:
         row["shift_mean"] = _shift_mean(fm, ps.images, ps.idx_a, ps.idx_b, ps.labels)
     row["per_cpu_s"] = _per_cpu_second(lambda x: fm.embed(x, flip=False), ps.images[: args.speed_images])
+    row["scores"] = scores.numpy()  # for the paired comparisons; not written to --json
     return row
+
+
+def _paired(rows: list[dict], labels: np.ndarray) -> list[str]:
+    """Each student's AUC against the from-scratch model's and (with several students) student 1's, on the same
+    pairs: the difference and its 95% paired-bootstrap interval (metrics/bootstrap.py)."""
+    models = [r for r in rows if "scores" in r]
+    bases = [models[0]] + ([models[1]] if len(models) > 2 and models[1]["model"].startswith("student") else [])
+    lines = []
+    for base in bases:
+        for r in models[1:]:
+            if r is base:
+                continue
+            d = paired_difference(base["scores"], r["scores"], labels)
+            lines.append(
+                f"{r['model']} - {base['model']}: AUC {d['delta']:+.4f} (95% interval {d['low']:+.4f} to "
+                f"{d['high']:+.4f}; not ahead in {d['p_not_ahead']:.1%} of 1,000 paired resamples of the pairs)"
+            )
+    return lines
 
 
 def _dlib_row(subset, args: argparse.Namespace) -> dict:
@@ -139,7 +162,10 @@ def main() -> None:
     rows = []
     for name, path in named:
         rows.append(_model_row(name, path, layout, ps, n_subset, args))
-        print(f"  {name}: {json.dumps({k: v for k, v in rows[-1].items() if k != 'file'})}", flush=True)
+        print(
+            f"  {name}: {json.dumps({k: v for k, v in rows[-1].items() if k not in ('file', 'scores')})}",
+            flush=True,
+        )
     if args.teacher == "dlib":
         rows.append(_dlib_row(_subset(ps, n_subset), args))
         print(f"  dlib: {json.dumps(rows[-1])}", flush=True)
@@ -149,8 +175,11 @@ def main() -> None:
     if dlib is not None:
         for r in rows[1:-1]:
             print(f"{r['model']}: {r['per_cpu_s'] / dlib['per_cpu_s']:.1f}x dlib's embeddings per CPU-second")
+    print("\n".join(_paired(rows, ps.labels.numpy())))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(
+            json.dumps([{k: v for k, v in r.items() if k != "scores"} for r in rows], indent=1)
+        )
 
 
 if __name__ == "__main__":
