@@ -11,8 +11,10 @@ OUT/NAME-sSEED/study.json. Then every finished run's best.pt is measured through
 val AUC, EER, TAR@FAR=1e-3 (facehw's 3,200 val pairs, flip TTA, the model's scoring), closed-set top-1 on the val
 split (the model's default matching), the mean and the worst AUC under bench/shift.py's ten shifts, and inference
 images/s (one embedding per image, no flip, `--threads` threads, 512 val images). Candidates are rows: the mean
-over their seeds, and the spread (max - min) of val AUC. OUT/table.md and OUT/recipes.png hold the result;
-OUT/curves.png the val AUC of every run after each epoch (`--curves NAME=RUN` adds other runs).
+over their seeds, the spread (max - min) of val AUC, and the first seed's 95% bootstrap interval of its AUC over
+the pairs (metrics/bootstrap.py: how far it would move on other pairs; seeds add their own noise). OUT/table.md
+and OUT/recipes.png hold the result; OUT/curves.png the val AUC of every run after each epoch (`--curves NAME=RUN`
+adds other runs).
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ def measure(run: Path, data: Path, shift: bool) -> dict:
     fm = load(run if run.is_file() else run / "best.pt")
     layout = detect_layout(data)
     pairs = load_pairset(layout.pairs_val, layout.root, layout.verification, fm.image_size)
-    m = evaluate_dataset(fm, data, log=lambda _: None)
+    m = evaluate_dataset(fm, data, log=lambda _: None, intervals=1000)
     row = {"auc": m["auc"], "eer": m["eer"], "tar3": m["tar@far=1e-3"], "top1": m["accuracy"]}
+    row["auc_ci"] = m["auc_ci"]  # 95% bootstrap interval over the pairs (metrics/bootstrap.py)
     if shift:
         names = [n for n in SHIFTS if n != "clean"]
         aucs = shift_aucs(fm, pairs.images, pairs.idx_a, pairs.idx_b, pairs.labels, names)
@@ -158,16 +161,18 @@ def report(results: dict[str, list[dict]], out: Path, hw: str) -> str:
     lines = [
         f"{hw}; {time.strftime('%Y-%m-%d')}",
         "",
-        "| candidate | seeds | epochs | val AUC (spread) | EER | TAR@FAR=1e-3 | top-1 | mean AUC under shift "
-        "| worst shift | low_res | training CPU-h | inference images/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| candidate | seeds | epochs | val AUC (spread) | AUC 95% interval (first seed) | EER | TAR@FAR=1e-3 "
+        "| top-1 | mean AUC under shift | worst shift | low_res | training CPU-h | inference images/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for name, rows in sorted(results.items(), key=lambda kv: -_mean(kv[1], "auc")):
         aucs = [r["auc"] for r in rows]
         worst = ", ".join(sorted({r["worst"] for r in rows if "worst" in r})) or "–"
+        ci = rows[0].get("auc_ci")
+        interval = f"{ci[0]:.4f}-{ci[1]:.4f}" if ci else "–"
         lines.append(
             f"| {name} | {len(rows)} | {rows[0]['epochs']} | {np.mean(aucs):.4f} ({max(aucs) - min(aucs):.4f}) "
-            f"| {_mean(rows, 'eer'):.4f} | {_mean(rows, 'tar3'):.3f} | {_mean(rows, 'top1'):.1%} "
+            f"| {interval} | {_mean(rows, 'eer'):.4f} | {_mean(rows, 'tar3'):.3f} | {_mean(rows, 'top1'):.1%} "
             f"| {_mean(rows, 'shift_mean'):.4f} | {worst} {_mean(rows, 'shift_worst'):.4f} "
             f"| {_mean(rows, 'low_res'):.4f} "
             f"| {_mean(rows, 'cpu_h'):.2f} | {_mean(rows, 'images_per_s'):.0f} |".replace("nan", "–")
