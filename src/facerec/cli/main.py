@@ -210,8 +210,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            text = f"{value:.4f}" if isinstance(value, float) else value
-            print(f"{key:>16}: " + (f"{value[0]:.4f} - {value[1]:.4f}" if key.endswith("_ci") else f"{text}"))
+            if key.endswith("_ci"):  # a (low, high) interval
+                value = f"{value[0]:.4f} - {value[1]:.4f}"
+            print(f"{key:>16}: {value:.4f}" if isinstance(value, float) else f"{key:>16}: {value}")
     return 0
 
 
